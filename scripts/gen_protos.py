@@ -16,6 +16,12 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "protos"
 PACKAGE = "textclf_protos"
+# Proto packages whose descriptors go into a private pool instead of protobuf's default one.
+# `inference` is the KServe v2 protocol: tritonclient (and MLServer) register the same
+# `inference.*` names in the default pool from their own copy of the .proto, and a second
+# registration fails with "duplicate symbol" (SeldonIO/MLServer#1730). A private pool lets our
+# server and the real tritonclient live in one process (tests, in-process clients).
+PRIVATE_POOL_PACKAGES = {"inference"}
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -31,8 +37,10 @@ def generate(out_dir: Path) -> list[Path]:
     top_packages = {p.relative_to(PROTO_DIR).parts[0] for p in protos}
     pattern = re.compile(r"^(from|import) (" + "|".join(map(re.escape, sorted(top_packages))) + r")(\.| )", re.M)
     for path in sorted(out_dir.rglob("*.py*")):
-        text = path.read_text()
-        path.write_text(pattern.sub(lambda m: f"{m.group(1)} {PACKAGE}.{m.group(2)}{m.group(3)}", text))
+        text = pattern.sub(lambda m: f"{m.group(1)} {PACKAGE}.{m.group(2)}{m.group(3)}", path.read_text())
+        if path.name.endswith("_pb2.py") and path.relative_to(out_dir).parts[0] in PRIVATE_POOL_PACKAGES:
+            text = text.replace("_descriptor_pool.Default()", "_descriptor_pool.DescriptorPool()")
+        path.write_text(text)
         written.append(path)
     for directory in [out_dir, *[d for d in out_dir.rglob("*") if d.is_dir()]]:
         init = directory / "__init__.py"
