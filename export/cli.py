@@ -1,0 +1,156 @@
+"""``textclf export CHECKPOINT --repository models --name news [--version N] [--quantize int8]``.
+
+export -> onnx.checker -> onnxruntime optimisation -> (INT8) -> parity on the staged files ->
+model card -> atomic publish. Nothing is published when parity fails.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from bundle.card import ModelCard, default_inputs, default_outputs
+from bundle.store import BundleError, publish_bundle, sha256_file, validate_model_name
+from export.onnx_export import OPSET, ExportError, check_onnx, export_onnx
+from export.optimize import optimize_onnx, quantize_int8
+from export.parity import format_table, load_test_split, run_parity
+from training.checkpoint import CheckpointError, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+VERSIONED_PACKAGES = ("torch", "onnx", "onnxscript", "onnxruntime", "tokenizers", "numpy")
+
+
+class ParityFailed(Exception):
+    """The exported model does not match the checkpoint; the report says where."""
+
+    def __init__(self, report: dict) -> None:
+        super().__init__("parity failed: " + "; ".join(
+            f"{p}: {', '.join(r.get('failures', []))}" for p, r in report["providers"].items() if not r["passed"]
+        ))
+        self.report = report
+
+
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "missing"
+    return found
+
+
+def export_bundle(
+    checkpoint_path: str | Path,
+    repository: str | Path,
+    name: str,
+    *,
+    version: int | None = None,
+    quantize: str | None = None,
+    optimization: str = "basic",
+    providers: list[str] | None = None,
+    test_split: tuple[list[str], list[str]] | None = None,
+) -> Path:
+    """Export, check, optimise, (quantise), run parity and publish; returns the bundle directory.
+
+    ``test_split`` overrides the checkpoint's saved test split (texts, labels). Raises
+    ParityFailed (nothing published) when a parity bound is broken.
+    """
+    validate_model_name(name)
+    checkpoint_path = Path(checkpoint_path).resolve()
+    checkpoint = load_checkpoint(checkpoint_path)
+    quantization = quantize or "none"
+    with tempfile.TemporaryDirectory(prefix="textclf-stage-") as tmp:
+        stage = Path(tmp)
+        logger.info("[1/6] exporting %s (dynamo, opset %d)", checkpoint_path, OPSET)
+        raw = export_onnx(checkpoint.model, stage / "raw.onnx")
+        logger.info("[2/6] onnx.checker (full check)")
+        check_onnx(raw)
+        logger.info("[3/6] onnxruntime graph optimisation (%s)", optimization)
+        final = optimize_onnx(raw, stage / "model.onnx", level=optimization)
+        if quantization == "int8":
+            logger.info("[4/6] dynamic INT8 quantisation")
+            histogram = quantize_int8(final, stage / "model.int8.onnx")
+            final = stage / "model.int8.onnx"
+            if "LSTM" in histogram or "GRU" in histogram or "RNN" in histogram:
+                logger.warning("the %s layers stay float: onnxruntime has no dynamic INT8 kernel for them "
+                               "(only the head is quantised): %s", checkpoint.config.cell, histogram)
+        elif quantization != "none":
+            raise ValueError(f"unknown quantization {quantization!r} (use int8)")
+        else:
+            logger.info("[4/6] quantisation: none")
+        tokenizer_path = stage / "tokenizer.json"
+        tokenizer_path.write_text(checkpoint.raw["tokenizer_json"], encoding="utf-8")
+        logger.info("[5/6] parity suite on the staged files")
+        split = test_split if test_split is not None else load_test_split(checkpoint.manifest_path)
+        if split is None:
+            logger.warning("checkpoint records no data manifest: parity runs on edge cases only")
+        texts, labels = split if split else (None, None)
+        report = run_parity(checkpoint, final, tokenizer_path, quantization=quantization,
+                            test_texts=texts, test_labels=labels, providers=providers)
+        print(format_table(report))
+        if not report["passed"]:
+            raise ParityFailed(report)
+        card = ModelCard(
+            name=name,
+            version=version or 0,  # publish_bundle sets the real version
+            labels=checkpoint.labels,
+            max_len=checkpoint.max_len,
+            architecture=checkpoint.config.to_dict(),
+            inputs=default_inputs(),
+            outputs=default_outputs(len(checkpoint.labels)),
+            sha256={},
+            quantization=quantization,
+            opset=OPSET,
+            metrics=checkpoint.metrics,
+            parity=report,
+            versions=library_versions(),
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            source={
+                "checkpoint": str(checkpoint_path),
+                "checkpoint_sha256": sha256_file(checkpoint_path),
+                "data_manifest": checkpoint.manifest_path,
+                "optimization": optimization,
+            },
+        )
+        logger.info("[6/6] publishing to %s/%s", repository, name)
+        return publish_bundle(repository, card, final, tokenizer_path, version=version)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textclf export", description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--repository", type=Path, default=Path("models"))
+    parser.add_argument("--name", default="news")
+    parser.add_argument("--version", type=int, help="default: the next free version")
+    parser.add_argument("--quantize", choices=["int8"], help="dynamic INT8 quantisation")
+    parser.add_argument("--optimization", choices=["basic", "extended"], default="basic")
+    parser.add_argument("--providers", nargs="+", help="onnxruntime providers for parity (default: all)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        target = export_bundle(args.checkpoint, args.repository, args.name, version=args.version,
+                               quantize=args.quantize, optimization=args.optimization, providers=args.providers)
+    except ParityFailed as exc:
+        print(f"textclf export: NOT published: {exc}", file=sys.stderr)
+        return 1
+    except (BundleError, CheckpointError, ExportError, OSError, ValueError) as exc:
+        print(f"textclf export: {exc}", file=sys.stderr)
+        return 2
+    print(f"published {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
