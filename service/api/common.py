@@ -1,0 +1,124 @@
+"""The one boundary between service errors and gRPC status codes, plus the request metric.
+
+Servicer methods are decorated with ``@unary(api)`` (unary-unary) or ``@stream(api)``
+(stream-stream / unary-stream async generators). The wrapped method gets an extra ``call``
+argument (``CallInfo``) on which it records the model and version it resolved, so the request
+metric ``textclf_requests_total{api, model, version, code}`` is labelled correctly.
+
+* ``ServiceError`` -> its ``code`` and message;
+* anything else -> INTERNAL with a generic message; this is the only error logged with a
+  traceback;
+* a client cancellation is recorded as CANCELLED and re-raised to grpc.
+
+``status_of(exc)`` gives the same mapping for errors reported inside a stream message.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+
+from service.errors import Internal, ServiceError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class CallInfo:
+    api: str
+    model: str = ""
+    version: str = ""
+
+    def resolved(self, model: str, version: int | str | None) -> None:
+        self.model = model
+        self.version = "" if version is None else str(version)
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map any exception to (status code, client-safe message); logs INTERNAL with a traceback."""
+    if isinstance(exc, ServiceError) and not isinstance(exc, Internal):
+        return exc.code, exc.message
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED, "cancelled by the client"
+    if not isinstance(exc, Internal):
+        logger.error("internal error while serving a request", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, Internal.GENERIC_MESSAGE
+
+
+def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
+    """The call's deadline on the ``time.monotonic()`` clock, or None."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def record(metrics: Any, call: CallInfo, code: grpc.StatusCode, seconds: float) -> None:
+    metrics.observe_request(call.api, call.model, call.version, code.name, seconds)
+
+
+def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Decorate ``async def method(self, request, context, call)``; ``self.core.metrics`` is used."""
+
+    def decorate(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+            call = CallInfo(api)
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await method(self, request, context, call)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:  # noqa: BLE001 - the boundary maps everything
+                code, message = status_of(exc)
+                await context.abort(code, message)
+            finally:
+                record(self.core.metrics, call, code, time.perf_counter() - start)
+
+        return wrapper
+
+    return decorate
+
+
+def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[..., AsyncIterator[T]]]:
+    """Decorate ``async def method(self, request_or_iterator, context, call)`` async generators.
+
+    Errors that end the whole stream go through the same mapping; per-message errors are the
+    servicer's business (see ``status_of``).
+    """
+
+    def decorate(method: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+        @functools.wraps(method)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+            call = CallInfo(api)
+            start = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                async for item in method(self, request, context, call):
+                    yield item
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception as exc:  # noqa: BLE001
+                code, message = status_of(exc)
+                await context.abort(code, message)
+            finally:
+                record(self.core.metrics, call, code, time.perf_counter() - start)
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,331 @@
+"""Schedulers: how texts of concurrent requests reach onnxruntime.
+
+``DynamicBatcher`` (batching on) keeps one bounded queue of texts per model version and one
+scheduler task that forms batches:
+
+* admission: a request's texts enter the queue all together or not at all; beyond
+  ``max_queue_size`` waiting texts the request fails fast with RESOURCE_EXHAUSTED;
+* a batch starts as soon as the worker is free and either ``max_batch_size`` texts wait or the
+  oldest text has waited ``max_queue_delay`` (0 = greedy: under load, batches fill with the texts
+  that arrived while the previous batch computed; an idle server adds no delay);
+* grouping by length: the oldest waiting text anchors the batch, and later texts join (in arrival
+  order) only while the batch's longest/shortest token count stays within
+  ``length_bucket_ratio`` (lengths under ``SHORT_FLOOR`` count as ``SHORT_FLOOR``), so short texts
+  do not pay for long texts' padding;
+* texts whose request passed its deadline or was cancelled by the client are dropped right before
+  compute and counted in ``textclf_dropped_texts``.
+
+``DirectScheduler`` (batching off) runs every request alone (its own texts form one batch), with
+the same admission bound and the same drop-before-compute rule.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from service.metrics import ServiceMetrics
+from service.runtime import EncodedText, ModelRuntime
+
+if TYPE_CHECKING:
+    from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SHORT_FLOOR = 8
+
+
+class SchedulerClosed(Unavailable):
+    """The model version stopped taking work (it is being unloaded); the caller may re-resolve."""
+
+
+class Scheduler(Protocol):
+    def start(self) -> None: ...
+    async def submit(self, texts: list[EncodedText], deadline: float | None) -> np.ndarray: ...
+    async def close(self) -> None: ...
+    @property
+    def queue_depth(self) -> int: ...
+
+
+@dataclass(eq=False)
+class _Request:
+    """One caller's texts; its future resolves to (N, C) probabilities once every row is computed."""
+
+    future: asyncio.Future
+    results: np.ndarray
+    deadline: float | None
+    remaining: int
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> bool:
+        return self.future.done()
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def deliver(self, row: int, probabilities: np.ndarray) -> None:
+        if self.future.done():
+            return
+        self.results[row] = probabilities
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.future.set_result(self.results)
+
+    def fail(self, error: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+@dataclass(eq=False)
+class _Item:
+    request: _Request
+    row: int
+    ids: np.ndarray
+
+    @property
+    def bucket_length(self) -> int:
+        return max(int(self.ids.shape[0]), SHORT_FLOOR)
+
+
+def _deadline_error() -> DeadlineExceeded:
+    return DeadlineExceeded("deadline exceeded before the texts were computed")
+
+
+class _Base:
+    def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+                 model: str, version: int, *, max_queue_size: int) -> None:
+        self.runtime = runtime
+        self.executor = executor
+        self.metrics = metrics
+        self.model, self.version = model, str(version)
+        self.max_queue_size = max_queue_size
+        self._closed = False
+
+    def _admit(self, waiting: int, count: int) -> None:
+        if self._closed:
+            raise SchedulerClosed(f"model {self.model} version {self.version} is being unloaded")
+        if waiting + count > self.max_queue_size:
+            self.metrics.rejected.labels(self.model, self.version).inc(count)
+            raise ResourceExhausted(
+                f"model {self.model} queue is full ({waiting} texts waiting, limit {self.max_queue_size}); retry later")
+
+    def _drop(self, count: int, reason: str) -> None:
+        self.metrics.dropped.labels(self.model, self.version, reason).inc(count)
+
+    def _new_request(self, count: int, deadline: float | None) -> _Request:
+        future = asyncio.get_running_loop().create_future()
+        results = np.empty((count, self.runtime.num_labels), dtype=np.float32)
+        return _Request(future=future, results=results, deadline=deadline, remaining=count)
+
+    def _observe_batch(self, size: int, seconds: float) -> None:
+        self.metrics.batch_size.labels(self.model, self.version).observe(size)
+        self.metrics.inference_seconds.labels(self.model, self.version).observe(seconds)
+
+
+class DynamicBatcher(_Base):
+    def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+                 model: str, version: int, *, max_batch_size: int, max_queue_delay: float, max_queue_size: int,
+                 length_bucket_ratio: float) -> None:
+        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size)
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay = max_queue_delay
+        self.length_bucket_ratio = length_bucket_ratio
+        self._pending: list[_Item] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run_forever(), name=f"batcher-{self.model}")
+
+    async def submit(self, texts: list[EncodedText], deadline: float | None) -> np.ndarray:
+        self._admit(len(self._pending), len(texts))
+        request = self._new_request(len(texts), deadline)
+        self._pending.extend(_Item(request, row, text.ids) for row, text in enumerate(texts))
+        self._set_depth()
+        self._wakeup.set()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            request.future.cancel()  # its queued texts are dropped before compute
+            raise
+
+    async def close(self) -> None:
+        """Stop admitting, finish every admitted text, then end the scheduler task."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    def _set_depth(self) -> None:
+        self.metrics.queue_depth.labels(self.model, self.version).set(len(self._pending))
+
+    async def _run_forever(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._wait_for_batch()
+            batch = self._take_batch()
+            if batch:
+                await self._compute(batch)
+
+    async def _wait_for_batch(self) -> None:
+        if self.max_queue_delay <= 0:
+            return
+        oldest = self._pending[0].request.enqueued
+        while len(self._pending) < self.max_batch_size and not self._closed:
+            remaining = oldest + self.max_queue_delay - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _prune(self, now: float) -> None:
+        """Drop texts of requests that were cancelled, failed or passed their deadline."""
+        live: list[_Item] = []
+        for item in self._pending:
+            request = item.request
+            if not request.finished and request.expired(now):
+                request.fail(_deadline_error())
+            if request.finished:
+                self._drop(1, "cancelled" if request.future.cancelled() else "deadline")
+                continue
+            live.append(item)
+        self._pending = live
+
+    def _take_batch(self) -> list[_Item]:
+        now = time.monotonic()
+        self._prune(now)
+        batch: list[_Item] = []
+        rest: list[_Item] = []
+        low = high = 0
+        for item in self._pending:
+            length = item.bucket_length
+            if not batch:
+                batch.append(item)
+                low = high = length
+                continue
+            new_low, new_high = min(low, length), max(high, length)
+            if len(batch) < self.max_batch_size and new_high <= new_low * self.length_bucket_ratio:
+                batch.append(item)
+                low, high = new_low, new_high
+            else:
+                rest.append(item)
+        self._pending = rest
+        self._set_depth()
+        queue_hist = self.metrics.queue_seconds.labels(self.model, self.version)
+        for item in batch:
+            queue_hist.observe(now - item.request.enqueued)
+        return batch
+
+    async def _compute(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        try:
+            probabilities = await loop.run_in_executor(self.executor, self.runtime.run, [i.ids for i in batch])
+        except Exception:
+            logger.exception("inference failed for model %s version %s (batch of %d)", self.model, self.version,
+                             len(batch))
+            for item in batch:
+                item.request.fail(Internal())
+            return
+        self._observe_batch(len(batch), time.perf_counter() - start)
+        for row, item in enumerate(batch):
+            item.request.deliver(item.row, probabilities[row])
+
+
+class DirectScheduler(_Base):
+    """Batching off: each request's texts run as their own onnxruntime call."""
+
+    def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+                 model: str, version: int, *, max_queue_size: int) -> None:
+        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size)
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._in_flight
+
+    def start(self) -> None:
+        pass
+
+    async def submit(self, texts: list[EncodedText], deadline: float | None) -> np.ndarray:
+        self._admit(self._in_flight, len(texts))
+        self._track(len(texts))
+        lock = threading.Lock()
+        phase = ["queued"]  # queued -> running | cancelled | expired
+        enqueued = time.monotonic()
+        rows = [t.ids for t in texts]
+
+        def job() -> np.ndarray | None:
+            started = time.monotonic()
+            with lock:
+                if phase[0] == "cancelled":
+                    return None
+                phase[0] = "expired" if deadline is not None and started >= deadline else "running"
+            self.metrics.queue_seconds.labels(self.model, self.version).observe(started - enqueued)
+            if phase[0] == "expired":
+                self._drop(len(rows), "deadline")
+                return None
+            begin = time.perf_counter()
+            probabilities = self.runtime.run(rows)
+            self._observe_batch(len(rows), time.perf_counter() - begin)
+            return probabilities
+
+        try:
+            probabilities = await asyncio.get_running_loop().run_in_executor(self.executor, job)
+        except asyncio.CancelledError:
+            with lock:
+                if phase[0] == "queued":
+                    phase[0] = "cancelled"
+                    self._drop(len(rows), "cancelled")
+            raise
+        except Exception:
+            logger.exception("inference failed for model %s version %s", self.model, self.version)
+            raise Internal() from None
+        finally:
+            self._track(-len(texts))
+        if probabilities is None:
+            raise _deadline_error()
+        return probabilities
+
+    def _track(self, delta: int) -> None:
+        self._in_flight += delta
+        self.metrics.queue_depth.labels(self.model, self.version).set(self._in_flight)
+        if self._in_flight == 0:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._idle.wait()
+
+
+def make_scheduler(runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+                   model: str, version: int, settings: "Settings") -> Scheduler:
+    if not settings.batching:
+        return DirectScheduler(runtime, executor, metrics, model, version, max_queue_size=settings.max_queue_size)
+    return DynamicBatcher(runtime, executor, metrics, model, version, max_batch_size=settings.max_batch_size,
+                          max_queue_delay=settings.max_queue_delay, max_queue_size=settings.max_queue_size,
+                          length_bucket_ratio=settings.length_bucket_ratio)

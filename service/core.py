@@ -1,0 +1,136 @@
+"""InferenceCore: the one object the API servicers talk to (docs/CONTRACTS.md).
+
+It validates requests (text count and size), resolves the model version, tokenizes, hands the
+texts to the version's scheduler (dynamic batcher) and returns a ``Classification``. It knows
+nothing about protobuf or gRPC status codes: failures are ``service.errors.ServiceError``s.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from service.batching import SchedulerClosed
+from service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from service.metrics import ServiceMetrics
+from service.repository import ModelRepository
+from service.runtime import EncodedText
+from service.settings import Settings
+from service.types import Classification, LoadedModel, ModelState
+
+logger = logging.getLogger(__name__)
+
+# Requests with at most this many text bytes are tokenized on the event loop (tens of
+# microseconds); bigger ones go to a worker thread so the loop never stalls.
+INLINE_TOKENIZE_BYTES = 8 * 1024
+
+
+class InferenceCore:
+    def __init__(self, settings: Settings, repository: ModelRepository, metrics: ServiceMetrics) -> None:
+        self.settings = settings
+        self.repository = repository
+        self.metrics = metrics
+        self._started = False
+        self._draining = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self._started and not self._draining
+
+    def mark_started(self) -> None:
+        self._started = True
+
+    def start_draining(self) -> None:
+        self._draining = True
+
+    def _require_ready(self) -> None:
+        if not self.ready():
+            state = "shutting down" if self._draining else "starting"
+            raise Unavailable(f"server is {state}; retry on another replica")
+
+    # -- models ------------------------------------------------------------------------------
+    def get_model(self, name: str, version: int | None = None) -> LoadedModel:
+        return self.repository.get(name, version)
+
+    def list_models(self) -> list[LoadedModel]:
+        return self.repository.loaded()
+
+    def model_versions(self, name: str) -> list[int]:
+        return self.repository.versions(name)
+
+    def repository_index(self) -> list[ModelState]:
+        return self.repository.index()
+
+    async def load_model(self, name: str) -> None:
+        self._require_control()
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        self._require_control()
+        await self.repository.unload(name)
+
+    def _require_control(self) -> None:
+        self._require_ready()
+        if not self.settings.repository_control:
+            raise FailedPrecondition("repository control (load/unload) is disabled on this server")
+
+    # -- inference ---------------------------------------------------------------------------
+    def validate_texts(self, texts: list[str]) -> None:
+        limit = self.settings.max_texts_per_request
+        if not texts:
+            raise InvalidArgument("no texts: send at least one text")
+        if len(texts) > limit:
+            raise InvalidArgument(f"too many texts: {len(texts)} > {limit} per request")
+        max_bytes = self.settings.max_text_bytes
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidArgument(f"text {i} is not a string")
+            size = len(text.encode("utf-8", errors="surrogatepass"))
+            if size > max_bytes:
+                raise InvalidArgument(f"text {i} is {size} bytes; the limit is {max_bytes} bytes (UTF-8)")
+
+    async def classify(self, name: str, version: int | None, texts: list[str], *, deadline: float | None,
+                       api: str) -> Classification:
+        self._require_ready()
+        self.validate_texts(texts)
+        model = self.get_model(name, version)
+        encoded = await self._encode(model, texts)
+        for attempt in range(3):
+            try:
+                probabilities = await model.scheduler.submit(encoded, deadline)
+                break
+            except SchedulerClosed:
+                # the version was swapped out between resolving and submitting: resolve again
+                # (the default version, or the same explicit version if it is still loaded)
+                if attempt == 2:
+                    raise
+                model = self.get_model(name, version)
+        if self.settings.log_request_texts and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("classified %s/%d via %s: %r", model.name, model.version, api, texts)
+        self._count(model, encoded)
+        labels = model.labels
+        predicted = [labels[i] for i in probabilities.argmax(axis=1)]
+        return Classification(model_name=model.name, model_version=model.version, labels=labels,
+                              probabilities=probabilities, predicted=predicted,
+                              truncated=[t.truncated for t in encoded])
+
+    async def _encode(self, model: LoadedModel, texts: list[str]) -> list[EncodedText]:
+        if sum(len(t) for t in texts) * 4 <= INLINE_TOKENIZE_BYTES:
+            return model.runtime.encode(texts)
+        return await asyncio.get_running_loop().run_in_executor(None, model.runtime.encode, texts)
+
+    def _count(self, model: LoadedModel, encoded: list[EncodedText]) -> None:
+        version = str(model.version)
+        self.metrics.texts.labels(model.name, version).inc(len(encoded))
+        self.metrics.tokens.labels(model.name, version).inc(sum(t.length for t in encoded))
+        truncated = sum(t.truncated for t in encoded)
+        if truncated:
+            self.metrics.truncations.labels(model.name, version).inc(truncated)
+
+
+def remaining_to_deadline(seconds: float | None) -> float | None:
+    """gRPC time_remaining() -> monotonic deadline (None = no deadline)."""
+    return None if seconds is None else time.monotonic() + seconds

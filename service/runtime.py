@@ -1,0 +1,121 @@
+"""One model version at run time: the bundle's tokenizer + an onnxruntime session + labels.
+
+Blocking methods (``load``, ``run``, ``warmup``) are called from worker threads, never from the
+event loop; onnxruntime releases the GIL while it computes.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from bundle.card import INPUT_IDS, INPUT_LENGTHS, MODEL_FILE, OUTPUT_LOGITS, TOKENIZER_FILE, ModelCard
+from bundle.tokenization import PAD_ID, TextEncoder
+
+logger = logging.getLogger(__name__)
+
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+_warned_no_cuda = False
+
+
+class RuntimeConfigError(RuntimeError):
+    """The requested execution provider cannot be used in this installation."""
+
+
+def resolve_providers(choice: str) -> list[str]:
+    """``cpu`` | ``cuda`` | ``auto`` -> onnxruntime provider list."""
+    global _warned_no_cuda
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda":
+        if CUDA not in available:
+            raise RuntimeConfigError(
+                f"providers=cuda but this onnxruntime has no {CUDA} (available: {', '.join(available)}); "
+                "install onnxruntime-gpu or use providers=auto|cpu")
+        return [CUDA, CPU]
+    if CUDA in available:
+        return [CUDA, CPU]
+    if not _warned_no_cuda:
+        logger.warning("providers=auto: %s not available in onnxruntime, running on CPU", CUDA)
+        _warned_no_cuda = True
+    return [CPU]
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    ids: np.ndarray  # (L,) int64, 1 <= L <= max_len
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32."""
+    logits = logits.astype(np.float32, copy=False)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=1, keepdims=True, dtype=np.float32)
+
+
+class ModelRuntime:
+    def __init__(self, bundle_dir: Path, card: ModelCard, session: ort.InferenceSession, encoder: TextEncoder) -> None:
+        self.bundle_dir = bundle_dir
+        self.card = card
+        self.session = session
+        self.encoder = encoder
+        self.num_labels = len(card.labels)
+
+    @classmethod
+    def load(cls, bundle_dir: Path, card: ModelCard, *, providers: list[str], intra_op_threads: int = 0,
+             inter_op_threads: int = 0) -> "ModelRuntime":
+        """Build the session and tokenizer; raises on any file onnxruntime or tokenizers reject."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(bundle_dir / MODEL_FILE), sess_options=options, providers=providers)
+        names = {i.name for i in session.get_inputs()}
+        if names != {INPUT_IDS, INPUT_LENGTHS}:
+            raise ValueError(f"model inputs are {sorted(names)}, expected {INPUT_IDS!r} and {INPUT_LENGTHS!r}")
+        if OUTPUT_LOGITS not in {o.name for o in session.get_outputs()}:
+            raise ValueError(f"model has no {OUTPUT_LOGITS!r} output")
+        encoder = TextEncoder.from_file(bundle_dir / TOKENIZER_FILE, int(card.max_len))
+        return cls(bundle_dir, card, session, encoder)
+
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    def encode(self, texts: list[str]) -> list[EncodedText]:
+        """Tokenize with the bundle's encoder (the same code path as training and parity)."""
+        batch = self.encoder.encode_batch(texts)
+        return [EncodedText(batch.input_ids[row, : int(batch.lengths[row])], bool(batch.truncated[row]))
+                for row in range(len(texts))]
+
+    def run(self, rows: list[np.ndarray]) -> np.ndarray:
+        """Pad ``rows`` (token id arrays) into one batch and return probabilities (B, C) float32."""
+        lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
+        input_ids = np.full((len(rows), int(lengths.max())), PAD_ID, dtype=np.int64)
+        for i, r in enumerate(rows):
+            input_ids[i, : r.shape[0]] = r
+        (logits,) = self.session.run([OUTPUT_LOGITS], {INPUT_IDS: input_ids, INPUT_LENGTHS: lengths})
+        if logits.ndim != 2 or logits.shape != (len(rows), self.num_labels):
+            raise ValueError(f"model returned logits of shape {logits.shape}, expected ({len(rows)}, {self.num_labels})")
+        return softmax(logits)
+
+    def warmup(self, max_batch_size: int) -> None:
+        """Exercise the shapes traffic will use (batch 1 and full, short and max length) and check outputs."""
+        short = [np.array([1], dtype=np.int64)]
+        longest = np.ones(self.encoder.max_len, dtype=np.int64)
+        full = max(1, min(max_batch_size, 64))
+        for rows in (short, [longest], short * full, [longest] * full, short + [longest]):
+            probs = self.run(rows)
+            if not np.all(np.isfinite(probs)):
+                raise ValueError("model returned non-finite probabilities during warm-up")

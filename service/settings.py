@@ -1,0 +1,206 @@
+"""Service settings: one dataclass, built once in ``main()`` and passed down.
+
+Sources, lowest precedence first: defaults < YAML file (``--config`` / ``TEXTCLF_CONFIG``) <
+environment (``TEXTCLF_<NAME>``) < command-line flags (``--<name-with-dashes>``). Every field is
+validated in ``Settings.validate`` with a message naming the setting and where it came from.
+Nothing is parsed at import time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TEXTCLF_"
+PROVIDERS = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or out of range; the message says which and why."""
+
+
+def _opt(default: Any, help_text: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Network
+    host: str = _opt("0.0.0.0", "gRPC listen host")
+    port: int = _opt(8001, "gRPC listen port (0 = any free port)")
+    metrics_host: str = _opt("0.0.0.0", "Prometheus /metrics HTTP host")
+    metrics_port: int = _opt(8002, "Prometheus /metrics HTTP port (0 = any free port, -1 = disabled)")
+    max_receive_message_bytes: int = _opt(4 * 1024 * 1024, "largest gRPC request message accepted")
+    max_send_message_bytes: int = _opt(16 * 1024 * 1024, "largest gRPC response message sent")
+    tls_cert: str = _opt("", "PEM server certificate; with tls_key enables TLS on the gRPC port")
+    tls_key: str = _opt("", "PEM private key for tls_cert")
+    tls_client_ca: str = _opt("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
+    # Models
+    model_repository: str = _opt("./models", "model repository directory (<repo>/<name>/<version>/)")
+    max_versions: int = _opt(0, "load the latest N valid versions of each model (0 = all)")
+    poll_interval: float = _opt(0.0, "seconds between repository scans for new/removed versions (0 = off)")
+    repository_control: bool = _opt(True, "allow the load/unload repository RPCs")
+    warmup: bool = _opt(True, "run warm-up inferences before a model version receives traffic")
+    # Runtime
+    providers: str = _opt("auto", "onnxruntime execution provider: auto | cpu | cuda")
+    intra_op_threads: int = _opt(0, "onnxruntime intra-op threads per session (0 = onnxruntime default)")
+    inter_op_threads: int = _opt(0, "onnxruntime inter-op threads per session (0 = onnxruntime default)")
+    inference_workers: int = _opt(1, "worker threads running onnxruntime (shared by all models)")
+    # Batching
+    batching: bool = _opt(True, "dynamic batching across concurrent requests (off = each request runs alone)")
+    max_batch_size: int = _opt(64, "most texts in one onnxruntime call")
+    max_queue_delay_ms: float = _opt(2.0, "longest a text waits for batch-mates before its batch runs")
+    max_queue_size: int = _opt(1024, "most texts waiting per model version; beyond it RESOURCE_EXHAUSTED")
+    length_bucket_ratio: float = _opt(2.0, "a batch's longest text is at most this times its shortest (>= 1)")
+    # Request limits
+    max_texts_per_request: int = _opt(256, "most texts in one request")
+    max_text_bytes: int = _opt(64 * 1024, "largest text (UTF-8 bytes)")
+    stream_max_in_flight: int = _opt(64, "requests of one ClassifyStream processed concurrently")
+    # Lifecycle and logging
+    grace_period: float = _opt(10.0, "seconds admitted calls get to finish on SIGTERM/SIGINT")
+    log_level: str = _opt("INFO", "DEBUG | INFO | WARNING | ERROR")
+    log_request_texts: bool = _opt(False, "log request texts at DEBUG level (never on by default)")
+
+    def validate(self) -> "Settings":
+        errors: list[str] = []
+
+        def check(ok: bool, name: str, requirement: str) -> None:
+            if not ok:
+                errors.append(f"{name}={getattr(self, name)!r}: {requirement}")
+
+        for name in ("port", "metrics_port"):
+            low = -1 if name == "metrics_port" else 0
+            check(low <= getattr(self, name) <= 65535, name, f"must be in [{low}, 65535]")
+        for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_batch_size", "max_queue_size",
+                     "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers"):
+            check(getattr(self, name) >= 1, name, "must be >= 1")
+        for name in ("max_versions", "intra_op_threads", "inter_op_threads"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+        for name in ("poll_interval", "max_queue_delay_ms", "grace_period"):
+            check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.length_bucket_ratio >= 1.0, "length_bucket_ratio", "must be >= 1")
+        check(self.providers in PROVIDERS, "providers", f"must be one of {', '.join(PROVIDERS)}")
+        check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+        check(bool(self.tls_cert) == bool(self.tls_key), "tls_cert", "tls_cert and tls_key must be set together")
+        check(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            value = getattr(self, name)
+            check(not value or Path(value).is_file(), name, "file does not exist")
+        if errors:
+            raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
+        return self
+
+    @property
+    def max_queue_delay(self) -> float:
+        return self.max_queue_delay_ms / 1000.0
+
+    @property
+    def tls_enabled(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes).validate()
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _convert(name: str, kind: type, raw: Any, source: str) -> Any:
+    """Convert a raw value (str from env/CLI, any from YAML) to the field's type."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError("expected true/false")
+        if kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError("expected an integer")
+            return int(raw)
+        if kind is float:
+            if isinstance(raw, bool):
+                raise ValueError("expected a number")
+            return float(raw)
+        if raw is None:
+            raise ValueError("expected a string")
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{name} from {source}: cannot read {raw!r} ({exc})") from None
+
+
+_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+
+
+def _field_types() -> dict[str, type]:
+    return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(Settings)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="textclf serve", description="Serve a model repository over gRPC.")
+    parser.add_argument("--config", help=f"YAML settings file (also {ENV_PREFIX}CONFIG)")
+    for f in fields(Settings):
+        kind = _field_types()[f.name]
+        default_text = f"default {f.default!r}; env {env_name(f.name)}"
+        if kind is bool:
+            parser.add_argument(flag_name(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=f"{f.metadata['help']} ({default_text})")
+        else:
+            parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
+                                help=f"{f.metadata['help']} ({default_text})")
+    return parser
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"config file {path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: expected a mapping of setting names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate settings from defaults, a YAML file, the environment and ``argv``."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(list(argv or []))
+    types = _field_types()
+    values: dict[str, Any] = {}
+    config_path = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        for key, raw in _read_yaml(config_path).items():
+            if key not in types:
+                raise SettingsError(f"config file {config_path}: unknown setting {key!r}")
+            values[key] = _convert(key, types[key], raw, f"config file {config_path}")
+    for name, kind in types.items():
+        if env_name(name) in environ:
+            values[name] = _convert(name, kind, environ[env_name(name)], f"env {env_name(name)}")
+        cli_value = getattr(args, name)
+        if cli_value is not None:
+            values[name] = _convert(name, kind, cli_value, f"flag {flag_name(name)}")
+    return Settings(**values).validate()
+
+
+def settings_table() -> list[tuple[str, str, str, str]]:
+    """(env, flag, default, meaning) rows, used to write docs/service.md."""
+    return [(env_name(f.name), flag_name(f.name), repr(f.default), f.metadata["help"]) for f in fields(Settings)]
