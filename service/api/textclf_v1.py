@@ -1,0 +1,113 @@
+"""The textclf.v1.TextClassifier servicer: proto -> InferenceCore -> proto, nothing else."""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from service.api import textclf_codec as codec
+from service.api.common import CallInfo, deadline_of, record, status_of, stream, unary
+from service.core import InferenceCore
+from textclf_protos.textclf.v1 import textclf_pb2 as pb
+from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TextClassifier"].full_name
+API = "textclf.v1"
+
+
+class TextClassifierServicer(pb_grpc.TextClassifierServicer):
+    def __init__(self, core: InferenceCore) -> None:
+        self.core = core
+
+    async def _classify(self, request: pb.ClassifyRequest, deadline: float | None, call: CallInfo) -> pb.ClassifyResponse:
+        model = self.core.get_model(codec.model_name_of(request.model), codec.version_of(request))
+        call.resolved(model.name, model.version)
+        top_k = codec.top_k_of(request, len(model.labels))
+        result = await self.core.classify(model.name, codec.version_of(request), list(request.texts),
+                                          deadline=deadline, api=call.api)
+        call.resolved(result.model_name, result.model_version)
+        return codec.classify_response(result, top_k)
+
+    @unary(f"{API}.Classify")
+    async def Classify(self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext,
+                       call: CallInfo) -> pb.ClassifyResponse:
+        return await self._classify(request, deadline_of(context), call)
+
+    @stream(f"{API}.ClassifyStream")
+    async def ClassifyStream(self, requests: AsyncIterator[pb.ClassifyStreamRequest],
+                             context: grpc.aio.ServicerContext, call: CallInfo) -> AsyncIterator[pb.ClassifyStreamResponse]:
+        async for response in ordered_concurrently(requests, self._stream_one(deadline_of(context)),
+                                                   self.core.settings.stream_max_in_flight):
+            yield response
+
+    def _stream_one(self, deadline: float | None):
+        async def handle(message: pb.ClassifyStreamRequest) -> pb.ClassifyStreamResponse:
+            call = CallInfo(f"{API}.ClassifyStream.message")
+            start = asyncio.get_running_loop().time()
+            try:
+                response = await self._classify(message.request, deadline, call)
+            except Exception as exc:  # noqa: BLE001 - answered in place, the stream goes on
+                code, text = status_of(exc)
+                record(self.core.metrics, call, code, asyncio.get_running_loop().time() - start)
+                return pb.ClassifyStreamResponse(id=message.id, error=pb.Error(code=code.value[0], message=text))
+            record(self.core.metrics, call, grpc.StatusCode.OK, asyncio.get_running_loop().time() - start)
+            return pb.ClassifyStreamResponse(id=message.id, response=response)
+
+        return handle
+
+    @unary(f"{API}.ListModels")
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext,
+                         call: CallInfo) -> pb.ListModelsResponse:
+        models = [codec.model_summary(self.core.get_model(name), self.core.model_versions(name))
+                  for name in sorted({m.name for m in self.core.list_models()})]
+        return pb.ListModelsResponse(models=models)
+
+    @unary(f"{API}.GetModel")
+    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext,
+                       call: CallInfo) -> pb.GetModelResponse:
+        model = self.core.get_model(codec.model_name_of(request.name), codec.version_of(request))
+        call.resolved(model.name, model.version)
+        return codec.model_response(model, self.core.model_versions(model.name))
+
+
+async def ordered_concurrently(messages, handle, max_in_flight: int):
+    """Run ``handle`` on each message concurrently (at most ``max_in_flight`` at once) and yield
+    the answers in message order. Cancelling the consumer cancels every outstanding handler."""
+    pending: asyncio.Queue = asyncio.Queue(maxsize=max_in_flight)
+    done = object()
+    tasks: set[asyncio.Task] = set()
+
+    failures: list[Exception] = []
+
+    async def read() -> None:
+        try:
+            async for message in messages:
+                task = asyncio.ensure_future(handle(message))
+                tasks.add(task)
+                await pending.put(task)
+        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer, in order
+            failures.append(exc)
+        await pending.put(done)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            task = await pending.get()
+            if task is done:
+                break
+            try:
+                yield await task
+            finally:
+                tasks.discard(task)
+        if failures:
+            raise failures[0]
+    finally:
+        reader.cancel()
+        for task in tasks:
+            task.cancel()
+
+
+def register(server: grpc.aio.Server, core: InferenceCore) -> str:
+    pb_grpc.add_TextClassifierServicer_to_server(TextClassifierServicer(core), server)
+    return SERVICE_NAME

@@ -1,0 +1,143 @@
+"""Building the gRPC server: core, servicers, health, reflection, metrics endpoint.
+
+``create_app(settings)`` returns an ``App`` (everything built, models loaded, port bound, not
+started); ``create_server(settings)`` is the contract's shape, ``(server, port)``.
+
+Servicers are added by registrars ``(server, core) -> full service name``: textclf.v1 always,
+``service.api.kserve.register`` when that module exists, and anything appended to
+``SERVICE_REGISTRARS`` (the hook for further APIs). Every registered name is listed by
+reflection.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib
+import importlib.util
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api import textclf_v1
+from service.core import InferenceCore
+from service.metrics import ServiceMetrics
+from service.repository import ModelRepository, RepositoryEvent
+from service.runtime import resolve_providers
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Registrar = Callable[[grpc.aio.Server, InferenceCore], str]
+SERVICE_REGISTRARS: list[Registrar] = []
+OPTIONAL_API_MODULES = ("service.api.kserve",)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _registrars() -> list[Registrar]:
+    registrars: list[Registrar] = [textclf_v1.register]
+    for module_name in OPTIONAL_API_MODULES:
+        if importlib.util.find_spec(module_name) is not None:
+            registrars.append(importlib.import_module(module_name).register)
+    return registrars + list(SERVICE_REGISTRARS)
+
+
+def register_servicers(server: grpc.aio.Server, core: InferenceCore) -> list[str]:
+    """Add every API servicer to ``server``; returns their full service names."""
+    return [register(server, core) for register in _registrars()]
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_enabled:
+        return None
+    key, cert = Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                       require_client_auth=client_ca is not None)
+
+
+class App:
+    """The running service: settings, metrics, repository, core, health and the gRPC server."""
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, executor: concurrent.futures.Executor,
+                 repository: ModelRepository, core: InferenceCore, health_servicer: health.aio.HealthServicer,
+                 server: grpc.aio.Server, port: int, service_names: list[str]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = executor
+        self.repository = repository
+        self.core = core
+        self.health = health_servicer
+        self.server = server
+        self.port = port
+        self.service_names = service_names
+        self.metrics_port: int | None = None
+        self._health_tasks: set[asyncio.Task] = set()
+        repository.listeners.append(self._on_repository_event)
+
+    async def start(self) -> None:
+        await self.server.start()
+        if self.settings.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
+        for name in self.repository.model_names():
+            await self.health.set(name, SERVING)
+        self.core.mark_started()
+        await self.health.set("", SERVING)
+        for service_name in self.service_names:
+            await self.health.set(service_name, SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, refuse new calls, let admitted calls finish within ``grace``."""
+        grace = self.settings.grace_period if grace is None else grace
+        self.core.start_draining()
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.repository.close()
+        self.executor.shutdown(wait=True)
+        self.metrics.stop()
+
+    def _on_repository_event(self, event: RepositoryEvent) -> None:
+        status = SERVING if self.repository.versions(event.name) else NOT_SERVING
+        if event.kind == "refused" and not self.repository.versions(event.name):
+            return  # a never-loaded model stays unknown to health
+        task = asyncio.get_running_loop().create_task(self.health.set(event.name, status))
+        self._health_tasks.add(task)
+        task.add_done_callback(self._health_tasks.discard)
+
+
+async def create_app(settings: Settings) -> App:
+    providers = resolve_providers(settings.providers)
+    metrics = ServiceMetrics()
+    executor = concurrent.futures.ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")
+    repository = ModelRepository(settings, metrics, executor, providers)
+    await repository.load_all()
+    core = InferenceCore(settings, repository, metrics)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ])
+    service_names = register_servicers(server, core)
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", NOT_SERVING)  # SERVING once started
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC port {address}")
+    logger.info("models loaded: %s", ", ".join(f"{m.name}/{m.version}" for m in repository.loaded()) or "none")
+    return App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names)
+
+
+async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int]:
+    """The contract's entry point; the App is reachable as ``server.app``."""
+    app = await create_app(settings)
+    server = app.server
+    server.app = app  # type: ignore[attr-defined]
+    return server, app.port
