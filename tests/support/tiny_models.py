@@ -54,8 +54,13 @@ def make_tiny_checkpoint(
     seed: int = 0,
     with_split: bool = True,
     file_name: str | None = None,
+    fit_steps: int = 0,
 ) -> Path:
-    """Random weights + a tokenizer trained on the tiny corpus, saved with save_checkpoint."""
+    """Random weights + a tokenizer trained on the tiny corpus, saved with save_checkpoint.
+
+    ``fit_steps`` > 0 runs a few full-batch Adam steps on the corpus so logits have real
+    margins (INT8 argmax agreement is meaningless on near-tied random logits).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     records = corpus(seed=seed)
@@ -79,7 +84,10 @@ def make_tiny_checkpoint(
         dropout=0.0,
         pooling=pooling,  # type: ignore[arg-type]
     )
-    model = RecurrentClassifier(config).eval()
+    model = RecurrentClassifier(config)
+    if fit_steps:
+        fit(model, tokenizer.to_str(), max_len, records, fit_steps)
+    model.eval()
     name = file_name or f"tiny-{cell}-{'bi' if bidirectional else 'uni'}-{num_layers}-{pooling}.pt"
     return save_checkpoint(
         directory / name,
@@ -90,6 +98,20 @@ def make_tiny_checkpoint(
         metrics={"test": {"accuracy": 0.0}, "note": "random weights, untrained"},
         data_manifest=manifest,
     )
+
+
+def fit(model: RecurrentClassifier, tokenizer_json: str, max_len: int, records: list[dict[str, str]], steps: int) -> None:
+    from bundle.tokenization import TextEncoder
+
+    batch = TextEncoder.from_json(tokenizer_json, max_len).encode_batch([r["text"] for r in records])
+    ids, lengths = torch.from_numpy(batch.input_ids), torch.from_numpy(batch.lengths)
+    targets = torch.tensor([LABELS.index(r["label"]) for r in records])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(ids, lengths), targets).backward()
+        optimizer.step()
 
 
 def make_tiny_bundle(
@@ -103,6 +125,7 @@ def make_tiny_bundle(
     quantize: str | None = None,
     version: int | None = None,
     workdir: str | Path | None = None,
+    fit_steps: int = 0,
 ) -> Path:
     """Export and publish a tiny random model through the real export pipeline; returns <repo>/<name>/<v>.
 
@@ -113,6 +136,6 @@ def make_tiny_bundle(
 
     workdir = Path(workdir) if workdir else Path(repository).parent / "tiny-checkpoints"
     checkpoint = make_tiny_checkpoint(workdir, cell=cell, bidirectional=bidirectional,
-                                      num_layers=num_layers, pooling=pooling)
+                                      num_layers=num_layers, pooling=pooling, fit_steps=fit_steps)
     return export_bundle(checkpoint, repository, name, version=version, quantize=quantize,
                          providers=["CPUExecutionProvider"])
