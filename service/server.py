@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service.api import textclf_v1
+from service.api.descriptors import reflection_pool
 from service.core import InferenceCore
 from service.metrics import ServiceMetrics
 from service.repository import ModelRepository, RepositoryEvent
@@ -125,7 +126,8 @@ async def create_app(settings: Settings) -> App:
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", NOT_SERVING)  # SERVING once started
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflected = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(reflected, server, pool=reflection_pool(reflected))
     address = f"{settings.host}:{settings.port}"
     credentials = _server_credentials(settings)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
