@@ -195,6 +195,15 @@ def test_statistics(client) -> None:
     assert len(stats) == 1 and stats[0].version == "1"
     assert stats[0].inference_count >= 3 and stats[0].inference_stats.success.count >= 1
     assert stats[0].inference_stats.success.ns > 0
+    assert {("news", "1"), ("news", "2")} <= {(m.name, m.version) for m in client.get_inference_statistics().model_stats}
+    assert _error(lambda: client.get_inference_statistics("", "1")).status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_timeout_parameter_is_a_deadline(client) -> None:
+    # tritonclient's `timeout` is in microseconds: 1 us has passed before the batch forms
+    error = _error(lambda: client.infer("news", [_text_input(["x"])], timeout=1))
+    assert error.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert client.infer("news", [_text_input(["x"])], timeout=30_000_000).as_numpy("LABEL").shape == (1,)
 
 
 # ------------------------------------------------------------------ errors

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 from google.protobuf import descriptor as pbd
 from tritonclient.grpc import InferResult, service_pb2 as triton_pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
@@ -312,3 +313,35 @@ def test_classification_extension() -> None:
     result = InferResult(triton_pb.ModelInferResponse.FromString(response.SerializeToString()))
     assert result.as_numpy("PROBABILITIES").tolist() == [
         [b"0.700000:0:business", b"0.200000:1:sport"], [b"0.800000:2:tech", b"0.150000:1:sport"]]
+
+
+# ------------------------------------------------------------------ fuzzing (bounded; issue 5 extends it)
+
+_shapes = st.lists(st.integers(min_value=-3, max_value=2**62), max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=64), shape=_shapes, datatype=st.sampled_from(["BYTES", "FP32", "", "bytes"]),
+       name=st.sampled_from(["TEXT", "text", ""]), version=st.text(max_size=4), raw_count=st.integers(0, 2),
+       contents=st.lists(st.binary(max_size=8), max_size=3))
+def test_decoding_arbitrary_requests_only_ever_raises_invalid_argument(raw, shape, datatype, name, version,
+                                                                        raw_count, contents) -> None:
+    request = pb.ModelInferRequest(model_name="news", model_version=version)
+    request.inputs.add(name=name, datatype=datatype, shape=shape).contents.bytes_contents.extend(contents)
+    request.raw_input_contents.extend([raw] * raw_count)
+    try:
+        decoded = codec.decode_request(request)
+    except InvalidArgument as exc:
+        assert exc.message
+    else:
+        assert all(isinstance(t, str) for t in decoded.texts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(items=st.lists(st.binary(max_size=40), max_size=8), cut=st.integers(0, 400))
+def test_raw_decoding_round_trips_or_reports_truncation(items, cut) -> None:
+    raw = codec.encode_bytes_raw(items)
+    assert codec.decode_bytes_raw(raw, len(items)) == items
+    if cut < len(raw):
+        with pytest.raises(InvalidArgument):
+            codec.decode_bytes_raw(raw[:cut], len(items))
