@@ -156,9 +156,15 @@ class DynamicBatcher(_Base):
         self._set_depth()
         self._wakeup.set()
         try:
-            return await request.future
+            return await asyncio.shield(request.future)
         except asyncio.CancelledError:
-            request.future.cancel()  # its queued texts are dropped before compute
+            # its queued texts are dropped before compute, counted under the right reason
+            if request.expired(time.monotonic()):
+                request.fail(_deadline_error())
+                request.future.exception()  # mark retrieved: nobody awaits it any more
+            else:
+                request.future.cancel()
+            self._wakeup.set()  # let the scheduler free the queue slots now
             raise
 
     async def close(self) -> None:
@@ -197,9 +203,15 @@ class DynamicBatcher(_Base):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
                 return
+            self._prune(time.monotonic())
+            if not self._pending:
+                return
+            oldest = self._pending[0].request.enqueued
 
     def _prune(self, now: float) -> None:
         """Drop texts of requests that were cancelled, failed or passed their deadline."""
+        if not any(item.request.finished or item.request.expired(now) for item in self._pending):
+            return
         live: list[_Item] = []
         for item in self._pending:
             request = item.request

@@ -2,15 +2,30 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class _HTTPServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _HTTPServer6(_HTTPServer):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not news
+        pass
 
 
 class ServiceMetrics:
@@ -78,7 +93,11 @@ class ServiceMetrics:
     # -- HTTP endpoint ----------------------------------------------------------------------
     def serve(self, host: str, port: int) -> int:
         """Start /metrics on its own port; returns the bound port (useful with port 0)."""
-        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        server_class = _HTTPServer6 if ":" in host else _HTTPServer
+        self._http = make_server(host, port, make_wsgi_app(self.registry), server_class, handler_class=_QuietHandler)
+        self._http_thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
+                                             name="metrics-http", daemon=True)
+        self._http_thread.start()
         bound = int(self._http.server_port)
         logger.info("metrics on http://%s:%d/metrics", host, bound)
         return bound

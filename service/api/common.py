@@ -63,6 +63,25 @@ def record(metrics: Any, call: CallInfo, code: grpc.StatusCode, seconds: float) 
     metrics.observe_request(call.api, call.model, call.version, code.name, seconds)
 
 
+async def _fail(metrics: Any, call: CallInfo, context: grpc.aio.ServicerContext, exc: BaseException,
+                start: float) -> None:
+    """Record the request metric, then send the mapped status (the metric is recorded first so a
+    client that sees the error also sees it counted). Cancellation and grpc-internal exits
+    (abort already sent, generator closed) are recorded and left to propagate."""
+    seconds = time.perf_counter() - start
+    if isinstance(exc, asyncio.CancelledError):
+        record(metrics, call, grpc.StatusCode.CANCELLED, seconds)
+        return
+    if isinstance(exc, grpc.aio.AbortError):
+        record(metrics, call, context.code() or grpc.StatusCode.UNKNOWN, seconds)
+        return
+    if not isinstance(exc, Exception):  # GeneratorExit, KeyboardInterrupt, SystemExit
+        return
+    code, message = status_of(exc)
+    record(metrics, call, code, seconds)
+    await context.abort(code, message)
+
+
 def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorate ``async def method(self, request, context, call)``; ``self.core.metrics`` is used."""
 
@@ -71,20 +90,13 @@ def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
             call = CallInfo(api)
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
             try:
-                return await method(self, request, context, call)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:  # noqa: BLE001 - the boundary maps everything
-                code, message = status_of(exc)
-                await context.abort(code, message)
-            finally:
-                record(self.core.metrics, call, code, time.perf_counter() - start)
+                response = await method(self, request, context, call)
+            except BaseException as exc:  # noqa: BLE001 - the boundary maps everything
+                await _fail(self.core.metrics, call, context, exc, start)
+                raise  # only reached for cancellation / an abort already sent
+            record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
+            return response
 
         return wrapper
 
@@ -103,21 +115,13 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
             call = CallInfo(api)
             start = time.perf_counter()
-            code = grpc.StatusCode.OK
             try:
                 async for item in method(self, request, context, call):
                     yield item
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
+            except BaseException as exc:  # noqa: BLE001
+                await _fail(self.core.metrics, call, context, exc, start)
                 raise
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except Exception as exc:  # noqa: BLE001
-                code, message = status_of(exc)
-                await context.abort(code, message)
-            finally:
-                record(self.core.metrics, call, code, time.perf_counter() - start)
+            record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
 
         return wrapper
 

@@ -1,0 +1,172 @@
+"""Python client for the textclf.v1 gRPC API.
+
+    with TextclfClient("localhost:8001") as client:
+        result = client.classify(["some text"], model="news", top_k=3)
+        result.predictions[0].label
+
+Calls are retried on UNAVAILABLE (a replica restarting or draining) through gRPC's built-in
+retry policy: ``retry_service_config()`` returns the service-config JSON, reusable by any gRPC
+channel (e.g. ``grpc.insecure_channel(addr, options=channel_options())``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from textclf_protos.textclf.v1 import textclf_pb2 as pb
+from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
+
+DEFAULT_RETRY_SERVICES = ("textclf.v1.TextClassifier", "inference.GRPCInferenceService")
+
+
+def retry_service_config(
+    services: Sequence[str] = DEFAULT_RETRY_SERVICES,
+    *,
+    max_attempts: int = 5,
+    initial_backoff: float = 0.1,
+    max_backoff: float = 2.0,
+    backoff_multiplier: float = 2.0,
+    codes: Sequence[str] = ("UNAVAILABLE",),
+) -> str:
+    """gRPC service config (JSON) retrying the given services' methods on ``codes``.
+
+    Every textclf RPC is idempotent, so retrying UNAVAILABLE (connection refused, server
+    draining) is safe. ``max_attempts`` counts the first try; gRPC caps it at 5.
+    """
+    policy = {
+        "maxAttempts": max_attempts,
+        "initialBackoff": f"{initial_backoff}s",
+        "maxBackoff": f"{max_backoff}s",
+        "backoffMultiplier": backoff_multiplier,
+        "retryableStatusCodes": list(codes),
+    }
+    return json.dumps({"methodConfig": [{"name": [{"service": s} for s in services], "retryPolicy": policy}]})
+
+
+def channel_options(retry: bool = True, max_message_bytes: int = 16 * 1024 * 1024) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.enable_retries", 1 if retry else 0),
+    ]
+    if retry:
+        options.append(("grpc.service_config", retry_service_config()))
+    return options
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    probability: float
+    top: list[tuple[str, float]]
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    model: str
+    version: int
+    predictions: list[Prediction]
+
+    @classmethod
+    def from_proto(cls, message: pb.ClassifyResponse) -> "ClassifyResult":
+        predictions = [Prediction(p.label, p.probability, [(s.label, s.probability) for s in p.top], p.truncated)
+                       for p in message.predictions]
+        return cls(message.model, message.version, predictions)
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """One ClassifyStream answer: ``result`` or (``code``, ``message``) when that request failed."""
+
+    id: str
+    result: ClassifyResult | None = None
+    code: grpc.StatusCode | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: int
+    versions: list[int]
+    default_version: int
+    labels: list[str]
+    max_len: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def classify_request(texts: Sequence[str], model: str, version: int | None = None,
+                     top_k: int | None = None) -> pb.ClassifyRequest:
+    request = pb.ClassifyRequest(model=model, texts=list(texts))
+    if version is not None:
+        request.version = version
+    if top_k is not None:
+        request.top_k = top_k
+    return request
+
+
+class TextclfClient:
+    def __init__(self, address: str, *, timeout: float | None = 10.0, retry: bool = True,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 metadata: Sequence[tuple[str, str]] = ()) -> None:
+        options = channel_options(retry)
+        self.channel = (grpc.secure_channel(address, credentials, options=options) if credentials
+                        else grpc.insecure_channel(address, options=options))
+        self.stub = pb_grpc.TextClassifierStub(self.channel)
+        self.timeout = timeout
+        self.metadata = tuple(metadata)
+
+    def __enter__(self) -> "TextclfClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _kwargs(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata or None}
+
+    def classify(self, texts: Sequence[str], model: str, version: int | None = None, top_k: int | None = None,
+                 *, timeout: float | None = None) -> ClassifyResult:
+        response = self.stub.Classify(classify_request(texts, model, version, top_k), **self._kwargs(timeout))
+        return ClassifyResult.from_proto(response)
+
+    def classify_stream(self, requests: Iterable[tuple[str, pb.ClassifyRequest]], *,
+                        timeout: float | None = None) -> Iterator[StreamResult]:
+        """Send ``(id, request)`` pairs over one ClassifyStream; yields answers in request order."""
+        messages = (pb.ClassifyStreamRequest(id=i, request=r) for i, r in requests)
+        for answer in self.stub.ClassifyStream(messages, **self._kwargs(timeout)):
+            if answer.WhichOneof("result") == "response":
+                yield StreamResult(answer.id, ClassifyResult.from_proto(answer.response))
+            else:
+                yield StreamResult(answer.id, None, _CODES.get(answer.error.code, grpc.StatusCode.UNKNOWN),
+                                   answer.error.message)
+
+    def list_models(self, *, timeout: float | None = None) -> list[pb.ModelSummary]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), **self._kwargs(timeout)).models)
+
+    def get_model(self, name: str, version: int | None = None, *, timeout: float | None = None) -> ModelInfo:
+        request = pb.GetModelRequest(name=name)
+        if version is not None:
+            request.version = version
+        m = self.stub.GetModel(request, **self._kwargs(timeout))
+        return ModelInfo(m.name, m.version, list(m.versions), m.default_version, list(m.labels), m.max_len,
+                         json_format.MessageToDict(m.metrics), json_format.MessageToDict(m.architecture),
+                         json_format.MessageToDict(m.parity))
