@@ -6,6 +6,7 @@ Thin: proto -> ``InferenceCore`` -> proto. Tensor decoding and encoding live in
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 import time
@@ -137,6 +138,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         call, start, code = CallInfo(f"{API}.ModelStreamInfer.message"), time.perf_counter(), grpc.StatusCode.OK
         try:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline, call))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
         except Exception as exc:  # noqa: BLE001 - one message's failure must not end the stream
             code, message = status_of(exc)
             return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request.id))
