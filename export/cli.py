@@ -19,6 +19,7 @@ from bundle.store import BundleError, publish_bundle, sha256_file, validate_mode
 from export.onnx_export import OPSET, ExportError, check_onnx, export_onnx
 from export.optimize import optimize_onnx, quantize_int8
 from export.parity import format_table, load_test_split, run_parity
+from export.parity_cli import configure_logging
 from training.checkpoint import CheckpointError, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -137,8 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         target = export_bundle(args.checkpoint, args.repository, args.name, version=args.version,
                                quantize=args.quantize, optimization=args.optimization, providers=args.providers)

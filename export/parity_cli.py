@@ -29,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging() -> None:
+    """INFO for textclf's own progress lines; the exporter's libraries are chatty at INFO."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "torch", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
