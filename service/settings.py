@@ -54,7 +54,7 @@ class Settings:
     # Batching
     batching: bool = _opt(True, "dynamic batching across concurrent requests (off = each request runs alone)")
     max_batch_size: int = _opt(64, "most texts in one onnxruntime call")
-    max_queue_delay_ms: float = _opt(2.0, "longest a text waits for batch-mates before its batch runs")
+    max_queue_delay_ms: float = _opt(0.0, "longest a text waits for batch-mates once the worker is free (0 = greedy)")
     max_queue_size: int = _opt(1024, "most texts waiting per model version; beyond it RESOURCE_EXHAUSTED")
     length_bucket_ratio: float = _opt(2.0, "a batch's longest text is at most this times its shortest (>= 1)")
     # Request limits
