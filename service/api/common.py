@@ -11,6 +11,11 @@ metric ``textclf_requests_total{api, model, version, code}`` is labelled correct
 * a client cancellation is recorded as CANCELLED and re-raised to grpc.
 
 ``status_of(exc)`` gives the same mapping for errors reported inside a stream message.
+
+Servicers are registered through ``add_servicer`` so that request bytes which are not the
+method's message (invalid UTF-8 in a string field, garbage) reach the boundary as
+``UndecodableRequest`` and are answered INVALID_ARGUMENT and counted, instead of grpc's own
+UNKNOWN "Unexpected DecodeError" (or INTERNAL in the middle of a stream) that no metric sees.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from service.errors import Internal, ServiceError
+from service.errors import Internal, InvalidArgument, ServiceError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,76 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if not isinstance(exc, Internal):
         logger.error("internal error while serving a request", exc_info=exc)
     return grpc.StatusCode.INTERNAL, Internal.GENERIC_MESSAGE
+
+
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Handed to a servicer in place of a request message whose bytes did not parse."""
+
+    message_type: str
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(f"the request is not a valid {self.message_type} message "
+                               "(malformed protobuf or a string field that is not UTF-8)")
+
+
+def lenient_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """Wrap a ``Message.FromString``: a DecodeError becomes an ``UndecodableRequest``."""
+    descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+    message_type = descriptor.full_name if descriptor is not None else "request"
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError:
+            return UndecodableRequest(message_type)
+
+    return parse
+
+
+def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    parse, serialize = lenient_deserializer(handler.request_deserializer), handler.response_serializer
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(handler.stream_stream, parse, serialize)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(handler.stream_unary, parse, serialize)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(handler.unary_stream, parse, serialize)
+    return grpc.unary_unary_rpc_method_handler(handler.unary_unary, parse, serialize)
+
+
+class _LenientRegistrar:
+    """Stands in for the server in a generated ``add_<Service>Servicer_to_server``: registers the
+    same method table with lenient request deserializers."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+        self.registered = False
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Ignored: the generated code passes the same table to add_registered_method_handlers."""
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        lenient = {name: _lenient_handler(handler) for name, handler in handlers.items()}
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, lenient),))
+        self.server.add_registered_method_handlers(service, lenient)
+        self.registered = True
+
+
+def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server) -> None:
+    """``add_to_server(servicer, server)`` (a generated ``add_*Servicer_to_server``), with request
+    deserialization failures answered by the boundary (see the module docstring)."""
+    registrar = _LenientRegistrar(server)
+    add_to_server(servicer, registrar)
+    if not registrar.registered:
+        raise RuntimeError(f"{add_to_server.__name__} did not register a method table (grpcio-tools too old?)")
+
+
+async def _decoded(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for message in messages:
+        if isinstance(message, UndecodableRequest):
+            raise message.error()
+        yield message
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -91,6 +167,8 @@ def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
             call = CallInfo(api)
             start = time.perf_counter()
             try:
+                if isinstance(request, UndecodableRequest):
+                    raise request.error()
                 response = await method(self, request, context, call)
             except BaseException as exc:  # noqa: BLE001 - the boundary maps everything
                 await _fail(self.core.metrics, call, context, exc, start)
@@ -116,6 +194,10 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
             call = CallInfo(api)
             start = time.perf_counter()
             try:
+                if isinstance(request, UndecodableRequest):
+                    raise request.error()
+                if hasattr(request, "__aiter__"):  # a request stream: undecodable messages end it
+                    request = _decoded(request)
                 async for item in method(self, request, context, call):
                     yield item
             except BaseException as exc:  # noqa: BLE001

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from service.api import kserve_codec as codec
-from service.api.common import CallInfo, deadline_of, record, status_of, stream, unary
+from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
 from service.api.textclf_v1 import ordered_concurrently
 from service.api.kserve_stats import InferenceStatistics
 from service.core import InferenceCore
@@ -201,5 +201,5 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
 def register(server: grpc.aio.Server, core: InferenceCore) -> str:
     """Add the KServe v2 servicer to ``server``; returns its service name (for health/reflection)."""
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(core), server)
+    add_servicer(grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, KServeServicer(core), server)
     return SERVICE_NAME

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from service.api import textclf_codec as codec
-from service.api.common import CallInfo, deadline_of, record, status_of, stream, unary
+from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
 from service.core import InferenceCore
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
@@ -109,5 +109,5 @@ async def ordered_concurrently(messages, handle, max_in_flight: int):
 
 
 def register(server: grpc.aio.Server, core: InferenceCore) -> str:
-    pb_grpc.add_TextClassifierServicer_to_server(TextClassifierServicer(core), server)
+    add_servicer(pb_grpc.add_TextClassifierServicer_to_server, TextClassifierServicer(core), server)
     return SERVICE_NAME
