@@ -62,7 +62,9 @@ def verify_bundle(path: str | Path, *, require_parity: bool = True) -> ModelCard
         raise BundleError(f"bundle {bundle_dir} is missing {', '.join(missing)}")
     try:
         card = ModelCard.load(bundle_dir / CARD_FILE)
-    except (ValueError, TypeError, KeyError) as exc:
+        if not isinstance(card.sha256, dict) or not isinstance(card.labels, list):
+            raise TypeError("sha256 must be an object and labels a list")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise BundleError(f"bundle {bundle_dir}: unreadable {CARD_FILE}: {exc}") from exc
     for file_name in (MODEL_FILE, TOKENIZER_FILE):
         expected = card.sha256.get(file_name)

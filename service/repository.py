@@ -231,6 +231,8 @@ class ModelRepository:
             card = verify_bundle(path)
         except BundleError as exc:
             raise Refused("verification", str(exc)) from None
+        except Exception as exc:  # a malformed card must be refused, never abort the scan or start-up
+            raise Refused("verification", f"unreadable bundle: {type(exc).__name__}: {str(exc)[:300]}") from None
         if card.name != name or card.version != version:
             raise Refused("verification", f"card says {card.name}/{card.version}, directory is {name}/{version}")
         s = self.settings
