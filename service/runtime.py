@@ -87,7 +87,11 @@ class ModelRuntime:
         if OUTPUT_LOGITS not in {o.name for o in session.get_outputs()}:
             raise ValueError(f"model has no {OUTPUT_LOGITS!r} output")
         encoder = TextEncoder.from_file(bundle_dir / TOKENIZER_FILE, int(card.max_len))
-        return cls(bundle_dir, card, session, encoder)
+        runtime = cls(bundle_dir, card, session, encoder)
+        # one tiny inference, also when warm-up is off: `run` checks that the logits have one
+        # column per label, so a model that disagrees with its card never gets traffic
+        runtime.run([np.array([1], dtype=np.int64)])
+        return runtime
 
     @property
     def providers(self) -> list[str]:
