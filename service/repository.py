@@ -107,11 +107,22 @@ class ModelRepository:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def load_all(self) -> None:
+        self._log_leftover_staging()
         async with self._lock:
             for name in list_models(self.root):
                 await self._sync(name, explicit=False)
         if self.settings.poll_interval > 0:
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poller")
+
+    def _log_leftover_staging(self) -> None:
+        """Staging directories of a publish that never finished (a killed publisher) are ignored, not
+        deleted: a publisher may be running right now. ``bundle.store.clean_stale_staging`` removes them."""
+        leftovers = sorted(str(p.relative_to(self.root)) for name in list_models(self.root)
+                           for p in (self.root / name).glob(".staging-*"))
+        if leftovers:
+            logger.warning("ignoring %d unfinished publish staging director%s (not loaded; remove them when no "
+                           "publisher is running): %s", len(leftovers), "y" if len(leftovers) == 1 else "ies",
+                           ", ".join(leftovers))
 
     async def poll_once(self) -> None:
         async with self._lock:
