@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -31,6 +32,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     logger.info("shutting down: draining for up to %.1f s", settings.grace_period)
     await app.stop(settings.grace_period)
+    # every call the servicers saw, by final status: what a drain did can be audited from the log
+    logger.info("final request counts: %s", json.dumps(app.metrics.request_counts(), sort_keys=True))
     logger.info("stopped")
 
 

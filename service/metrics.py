@@ -72,6 +72,16 @@ class ServiceMetrics:
         self.requests.labels(api, model or "", version or "", code).inc()
         self.request_seconds.labels(api, model or "").observe(seconds)
 
+    def request_counts(self) -> dict[str, dict[str, int]]:
+        """``textclf_requests_total`` summed over model and version: {api: {code: count}}."""
+        counts: dict[str, dict[str, int]] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    by_code = counts.setdefault(sample.labels["api"], {})
+                    by_code[sample.labels["code"]] = by_code.get(sample.labels["code"], 0) + int(sample.value)
+        return counts
+
     # -- model lifecycle --------------------------------------------------------------------
     def set_loaded(self, model: str, versions: list[int], default_version: int | None) -> None:
         for labels in list(self._loaded_label_sets(model)):
