@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--embedding-dim", type=int, default=d.embedding_dim)
     model.add_argument("--hidden-size", type=int, default=d.hidden_size)
     model.add_argument("--dropout", type=float, default=d.dropout)
+    model.add_argument("--word-dropout", type=float, default=d.word_dropout, help="training only: probability of replacing a token by [UNK]")
     model.add_argument("--max-len", type=int, default=d.max_len, help="tokens kept per text; longer texts are truncated (and counted)")
     model.add_argument("--vocab-size", type=int, default=d.vocab_size)
     opt = parser.add_argument_group("optimisation")
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--clip-norm", type=float, default=d.clip_norm)
     opt.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation macro-F1 before stopping")
     opt.add_argument("--seed", type=int, default=d.seed)
-    opt.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: torch's choice)")
+    opt.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's choice)")
     opt.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop before an epoch that would exceed this training time")
     opt.add_argument("--resume", action="store_true", help="continue <run-dir>/last.pt; model, data and optimiser settings come from it, --epochs/--max-minutes/--patience/--threads may change")
     parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
@@ -59,8 +60,9 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.vocab_size < 3:
         parser.error("--vocab-size must be >= 3")
-    if not 0.0 <= args.dropout < 1.0:
-        parser.error("--dropout must be in [0, 1)")
+    for name in ("dropout", "word_dropout"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            parser.error(f"--{name.replace('_', '-')} must be in [0, 1)")
     if args.lr <= 0:
         parser.error("--lr must be > 0")
 
