@@ -25,6 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=None, help="labels to show per text")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--tls", action="store_true", help="use TLS, verifying the server with the system roots")
+    parser.add_argument("--tls-ca", default=None, help="PEM CA that signed the server's certificate (implies --tls)")
+    parser.add_argument("--tls-cert", default=None, help="PEM client certificate, for a server that requires mTLS")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     return parser
 
 
@@ -46,11 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("textclf classify: no texts (give them as arguments or on stdin)", file=sys.stderr)
         return 2
     try:
-        with TextclfClient(args.address, timeout=args.timeout) as client:
+        with TextclfClient(args.address, timeout=args.timeout, tls=args.tls, tls_ca=args.tls_ca,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key) as client:
             result = client.classify(texts, args.model, version=args.version, top_k=args.top_k)
     except grpc.RpcError as exc:
         print(f"textclf classify: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except (OSError, ValueError) as exc:  # unreadable TLS file, cert without key
+        print(f"textclf classify: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({"model": result.model, "version": result.version,
                           "predictions": [dict(asdict(p), text=t) for t, p in zip(texts, result.predictions)]},

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -120,10 +121,29 @@ def classify_request(texts: Sequence[str], model: str, version: int | None = Non
     return request
 
 
+def tls_credentials(ca: str | None = None, cert: str | None = None,
+                    key: str | None = None) -> grpc.ChannelCredentials:
+    """Channel credentials from PEM files: ``ca`` verifies the server (None = the system roots);
+    ``cert`` + ``key`` are this client's certificate for a server that requires mutual TLS."""
+    if bool(cert) != bool(key):
+        raise ValueError("a client certificate needs both cert and key")
+
+    def read(path: str | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
+    return grpc.ssl_channel_credentials(root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert))
+
+
 class TextclfClient:
+    """``credentials`` (any grpc.ChannelCredentials) or ``tls=True`` / ``tls_ca`` / ``tls_cert`` +
+    ``tls_key`` (PEM paths, see ``tls_credentials``) make a TLS channel; otherwise plaintext."""
+
     def __init__(self, address: str, *, timeout: float | None = 10.0, retry: bool = True,
                  credentials: grpc.ChannelCredentials | None = None,
-                 metadata: Sequence[tuple[str, str]] = ()) -> None:
+                 metadata: Sequence[tuple[str, str]] = (), tls: bool = False, tls_ca: str | None = None,
+                 tls_cert: str | None = None, tls_key: str | None = None) -> None:
+        if credentials is None and (tls or tls_ca or tls_cert or tls_key):
+            credentials = tls_credentials(tls_ca, tls_cert, tls_key)
         options = channel_options(retry)
         self.channel = (grpc.secure_channel(address, credentials, options=options) if credentials
                         else grpc.insecure_channel(address, options=options))

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except RuntimeConfigError as exc:
+    except (RuntimeConfigError, SettingsError) as exc:  # e.g. bad TLS files, unreadable token file
         logger.error("%s", exc)
         return 2
     except OSError as exc:

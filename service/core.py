@@ -11,7 +11,8 @@ import logging
 import time
 
 from service.batching import SchedulerClosed
-from service.errors import FailedPrecondition, InvalidArgument, Unavailable
+from service.auth import ControlAuth
+from service.errors import InvalidArgument, Unavailable, Unimplemented
 from service.metrics import ServiceMetrics
 from service.repository import ModelRepository
 from service.runtime import EncodedText
@@ -32,6 +33,7 @@ class InferenceCore:
         self.metrics = metrics
         self._started = False
         self._draining = False
+        self._control = ControlAuth(settings.read_control_token())  # SettingsError: unreadable token file
 
     # -- lifecycle ---------------------------------------------------------------------------
     def live(self) -> bool:
@@ -64,6 +66,13 @@ class InferenceCore:
     def repository_index(self) -> list[ModelState]:
         return self.repository.index()
 
+    def authorize_control(self, authorization: list[str]) -> None:
+        """Gate for the repository-control RPCs, called by a servicer with the call's
+        ``authorization`` metadata values before it looks at the request: control off ->
+        Unimplemented; no/malformed bearer token -> Unauthenticated; wrong token -> PermissionDenied."""
+        self._require_control_enabled()
+        self._control.check(authorization)
+
     async def load_model(self, name: str) -> None:
         self._require_control()
         await self.repository.load(name)
@@ -72,10 +81,14 @@ class InferenceCore:
         self._require_control()
         await self.repository.unload(name)
 
-    def _require_control(self) -> None:
-        self._require_ready()
+    def _require_control_enabled(self) -> None:
         if not self.settings.repository_control:
-            raise FailedPrecondition("repository control (load/unload) is disabled on this server")
+            raise Unimplemented("repository control (load/unload) is disabled on this server "
+                                "(setting repository_control)")
+
+    def _require_control(self) -> None:
+        self._require_control_enabled()
+        self._require_ready()
 
     # -- inference ---------------------------------------------------------------------------
     def validate_texts(self, texts: list[str]) -> None:

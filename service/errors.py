@@ -50,6 +50,10 @@ class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class Unimplemented(ServiceError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class Internal(ServiceError):
     code = grpc.StatusCode.INTERNAL
     GENERIC_MESSAGE = "internal error"

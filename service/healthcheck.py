@@ -14,10 +14,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
-def check(address: str, service: str = "", timeout: float = 2.0, ca_file: str | None = None) -> str:
-    """Returns the serving status name, or an error description."""
-    if ca_file:
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(Path(ca_file).read_bytes()))
+def check(address: str, service: str = "", timeout: float = 2.0, ca_file: str | None = None,
+          cert_file: str | None = None, key_file: str | None = None) -> str:
+    """Returns the serving status name, or an error description. ``ca_file`` (or a client
+    certificate alone, then with the system roots) makes it a TLS probe; ``cert_file`` +
+    ``key_file`` are the client certificate for a server that requires mutual TLS."""
+    if ca_file or cert_file or key_file:
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
+        channel = grpc.secure_channel(address, credentials)
     else:
         channel = grpc.insecure_channel(address)
     with channel:
@@ -35,8 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--service", default="", help='service or model name ("" = the whole server)')
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--tls-ca", default=None, help="PEM CA to verify a TLS server")
+    parser.add_argument("--tls-cert", default=None, help="PEM client certificate (server with mutual TLS)")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    status = check(args.address, args.service, args.timeout, args.tls_ca)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    try:
+        status = check(args.address, args.service, args.timeout, args.tls_ca, args.tls_cert, args.tls_key)
+    except OSError as exc:
+        print(f"cannot read a TLS file: {exc}")
+        return 1
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -22,7 +22,7 @@ from typing import Literal
 from bundle.card import BUNDLE_FILES
 from bundle.store import BundleError, list_models, list_versions, validate_model_name, verify_bundle
 from service.batching import make_scheduler
-from service.errors import FailedPrecondition, InvalidArgument, NotFound
+from service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -138,6 +138,8 @@ class ModelRepository:
             raise InvalidArgument(str(exc)) from None
         if not (self.root / name).is_dir():
             raise NotFound(f"model {name!r} is not in the model repository")
+        if not self.contains(self.root / name):
+            raise PermissionDenied(f"model {name!r} resolves outside the model repository (symlink); refused")
         async with self._lock:
             self._unloaded.discard(name)
             refusals = await self._sync(name, explicit=True)
@@ -236,8 +238,18 @@ class ModelRepository:
         logger.info("loaded model %s version %d (%s)", name, version, ", ".join(runtime.providers))
         return LoadedModel(name=name, version=version, card=runtime.card, runtime=runtime, scheduler=scheduler)
 
+    def contains(self, path: Path) -> bool:
+        """Whether ``path``, with every symlink resolved, is inside the repository root."""
+        try:
+            return path.resolve().is_relative_to(self.root.resolve())
+        except (OSError, RuntimeError):  # unresolvable or a symlink loop
+            return False
+
     def _build_runtime(self, name: str, version: int, path: Path) -> ModelRuntime:
         """Worker thread: verify, load in onnxruntime, warm up. Raises Refused with a reason."""
+        escaping = [p.name for p in (path, *(path / f for f in BUNDLE_FILES)) if not self.contains(p)]
+        if escaping:
+            raise Refused("verification", f"{', '.join(escaping)} resolves outside the model repository (symlink)")
         try:
             card = verify_bundle(path)
         except BundleError as exc:

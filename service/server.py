@@ -15,6 +15,7 @@ import concurrent.futures
 import importlib
 import importlib.util
 import logging
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from service.api.descriptors import reflection_pool
 from service.core import InferenceCore
 from service.metrics import ServiceMetrics
 from service.repository import ModelRepository, RepositoryEvent
-from service.runtime import resolve_providers
+from service.runtime import RuntimeConfigError, resolve_providers
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,36 @@ def register_servicers(server: grpc.aio.Server, core: InferenceCore) -> list[str
     return [register(server, core) for register in _registrars()]
 
 
+def _read_tls_file(name: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise RuntimeConfigError(f"{name}={path!r}: cannot read it ({exc.strerror})") from None
+    if b"-----BEGIN " not in data:
+        raise RuntimeConfigError(f"{name}={path!r}: not a PEM file")
+    return data
+
+
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and with ``tls_client_ca`` mutual TLS) credentials, or None for plaintext. The files are
+    checked here with the ``ssl`` module, so a bad or mismatched file is a clear start-up error
+    (RuntimeConfigError, exit 2) instead of failed handshakes later."""
     if not settings.tls_enabled:
         return None
-    key, cert = Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes()
-    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    key = _read_tls_file("tls_key", settings.tls_key)
+    cert = _read_tls_file("tls_cert", settings.tls_cert)
+    client_ca = _read_tls_file("tls_client_ca", settings.tls_client_ca) if settings.tls_client_ca else None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key, password=lambda: b"")
+    except (ssl.SSLError, OSError) as exc:
+        raise RuntimeConfigError(f"tls_cert={settings.tls_cert!r} / tls_key={settings.tls_key!r}: not a usable "
+                                 f"certificate and matching unencrypted private key ({exc})") from None
+    if client_ca is not None:
+        try:
+            context.load_verify_locations(cafile=settings.tls_client_ca)
+        except (ssl.SSLError, OSError) as exc:
+            raise RuntimeConfigError(f"tls_client_ca={settings.tls_client_ca!r}: not a usable CA bundle ({exc})") from None
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
                                        require_client_auth=client_ca is not None)
 
@@ -111,6 +137,7 @@ class App:
 
 
 async def create_app(settings: Settings) -> App:
+    credentials = _server_credentials(settings)  # before loading models: bad TLS files fail fast
     providers = resolve_providers(settings.providers)
     metrics = ServiceMetrics()
     executor = concurrent.futures.ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")
@@ -129,7 +156,6 @@ async def create_app(settings: Settings) -> App:
     reflected = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(reflected, server, pool=reflection_pool(reflected))
     address = f"{settings.host}:{settings.port}"
-    credentials = _server_credentials(settings)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind gRPC port {address}")

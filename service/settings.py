@@ -18,6 +18,7 @@ from typing import Any
 ENV_PREFIX = "TEXTCLF_"
 PROVIDERS = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MIN_CONTROL_TOKEN_CHARS = 16
 
 
 class SettingsError(ValueError):
@@ -44,7 +45,10 @@ class Settings:
     model_repository: str = _opt("./models", "model repository directory (<repo>/<name>/<version>/)")
     max_versions: int = _opt(0, "load the latest N valid versions of each model (0 = all)")
     poll_interval: float = _opt(0.0, "seconds between repository scans for new/removed versions (0 = off)")
-    repository_control: bool = _opt(True, "allow the load/unload repository RPCs")
+    repository_control: bool = _opt(False, "allow the load/unload repository RPCs (needs control_token or control_token_file)")
+    control_token: str = field(default="", repr=False, metadata={
+        "help": "bearer token for the repository RPCs (at least 16 characters; prefer the env or a file to a flag)"})
+    control_token_file: str = _opt("", "file holding the repository-control bearer token (surrounding whitespace ignored)")
     warmup: bool = _opt(True, "run warm-up inferences before a model version receives traffic")
     # Runtime
     providers: str = _opt("auto", "onnxruntime execution provider: auto | cpu | cuda")
@@ -88,9 +92,17 @@ class Settings:
         check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         check(bool(self.tls_cert) == bool(self.tls_key), "tls_cert", "tls_cert and tls_key must be set together")
         check(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "needs tls_cert and tls_key")
-        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "control_token_file"):
             value = getattr(self, name)
             check(not value or Path(value).is_file(), name, "file does not exist")
+        # the token's value never appears in a message
+        if self.control_token and self.control_token_file:
+            errors.append("control_token and control_token_file: set one, not both")
+        if self.control_token and len(self.control_token.strip()) < MIN_CONTROL_TOKEN_CHARS:
+            errors.append(f"control_token: must be at least {MIN_CONTROL_TOKEN_CHARS} characters")
+        if self.repository_control and not (self.control_token or self.control_token_file):
+            errors.append(f"repository_control=True: needs a bearer token: set control_token ({env_name('control_token')}) "
+                          f"or control_token_file ({env_name('control_token_file')})")
         if errors:
             raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
         return self
@@ -102,6 +114,22 @@ class Settings:
     @property
     def tls_enabled(self) -> bool:
         return bool(self.tls_cert and self.tls_key)
+
+    def read_control_token(self) -> str:
+        """The repository-control bearer token ('' when control is off); SettingsError if the file
+        cannot be read or holds too short a token. Never logged."""
+        if not self.repository_control:
+            return ""
+        if not self.control_token_file:
+            return self.control_token.strip()
+        try:
+            token = Path(self.control_token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"control_token_file={self.control_token_file!r}: cannot read it ({exc})") from None
+        if len(token) < MIN_CONTROL_TOKEN_CHARS:
+            raise SettingsError(f"control_token_file={self.control_token_file!r}: the token must be at least "
+                                f"{MIN_CONTROL_TOKEN_CHARS} characters")
+        return token
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes).validate()

@@ -24,6 +24,8 @@ from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
 from textclf_protos.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc
 from textclf_protos.textclf.v1 import textclf_pb2, textclf_pb2_grpc
 
+CONTROL_TOKEN = "kserve-tests-control-token"
+AUTHORIZED = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 TEXTS = ["shares of the bank rose as the market rallied", "the striker scored twice", "",
          "a new phone with a faster chip 🙂", "ünïcödé and \u202eright-to-left"]
 
@@ -62,7 +64,8 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TinyBundle]:
 @pytest.fixture(scope="module")
 def server(repo) -> Iterator[ServerThread]:
     settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, model_repository=str(repo["root"]),
-                        providers="cpu", max_queue_delay_ms=1.0, repository_control=True).validate()
+                        providers="cpu", max_queue_delay_ms=1.0, repository_control=True,
+                        control_token=CONTROL_TOKEN).validate()
     running = ServerThread(settings)
     yield running
     running.close()
@@ -257,15 +260,15 @@ def test_repository_index_load_unload(client, repo) -> None:
 
     make_onnx_bundle(repo["root"], name="extra", version=1, seed=3)
     assert not client.is_model_ready("extra")
-    client.load_model("extra")
+    client.load_model("extra", headers=AUTHORIZED)
     assert client.is_model_ready("extra", "1")
     assert client.infer("extra", [_text_input(["x"])]).get_response().model_version == "1"
-    client.unload_model("extra")
+    client.unload_model("extra", headers=AUTHORIZED)
     assert not client.is_model_ready("extra")
     states = {(m.name, m.version): m.state for m in client.get_model_repository_index().models}
     assert states[("extra", "1")] == "UNAVAILABLE"
-    assert _error(lambda: client.load_model("missing")).status() == "StatusCode.NOT_FOUND"
-    error = _error(lambda: client.load_model("extra", config='{"backend": "python"}'))
+    assert _error(lambda: client.load_model("missing", headers=AUTHORIZED)).status() == "StatusCode.NOT_FOUND"
+    error = _error(lambda: client.load_model("extra", headers=AUTHORIZED, config='{"backend": "python"}'))
     assert error.status() == "StatusCode.INVALID_ARGUMENT" and "'config' is not supported" in error.message()
 
 

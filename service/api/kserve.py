@@ -18,6 +18,7 @@ from service.api import kserve_codec as codec
 from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
 from service.api.textclf_v1 import ordered_concurrently
 from service.api.kserve_stats import InferenceStatistics
+from service.auth import authorization_values
 from service.core import InferenceCore
 from service.errors import InvalidArgument, NotFound
 from service.types import LoadedModel
@@ -171,6 +172,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     @unary(f"{API}.RepositoryModelLoad")
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context,
                                   call: CallInfo) -> pb.RepositoryModelLoadResponse:
+        self._authorize(context)
         name = self._repository_request(request)
         await self.core.load_model(name)
         call.resolved(name, None)
@@ -179,11 +181,16 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     @unary(f"{API}.RepositoryModelUnload")
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context,
                                     call: CallInfo) -> pb.RepositoryModelUnloadResponse:
+        self._authorize(context)
         # tritonclient always sends `unload_dependents`; our models have no dependents
         name = self._repository_request(request, accepted=("unload_dependents",))
         await self.core.unload_model(name)
         call.resolved(name, None)
         return pb.RepositoryModelUnloadResponse()
+
+    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """Before anything in the request is looked at: control on, and a valid bearer token."""
+        self.core.authorize_control(authorization_values(context.invocation_metadata()))
 
     @staticmethod
     def _repository_request(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest,

@@ -17,7 +17,8 @@ def check(address: str, service: str) -> int:
         return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
 
 
-def test_health_overall_and_per_model(server) -> None:
+def test_health_overall_and_per_model(bundles, start_server) -> None:
+    server = start_server(repository_control=True, control_token="health-tests-control-token")
     assert check(server.address, "") == SERVING
     assert check(server.address, "news") == SERVING
     assert check(server.address, "textclf.v1.TextClassifier") == SERVING

@@ -11,9 +11,11 @@ import pytest
 from bundle.card import MODEL_FILE, ModelCard
 from bundle.store import sha256_file, write_card
 from client.client import TextclfClient
-from service.errors import FailedPrecondition, InvalidArgument, NotFound
+from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from tests.service.conftest import metric, scrape
 from tests.support.onnx_bundle import make_onnx_bundle
+
+CONTROL = {"repository_control": True, "control_token": "reload-tests-control-token"}
 
 
 def hammer(address: str, stop: threading.Event, versions_seen: list[int], errors: list[Exception]) -> None:
@@ -27,7 +29,7 @@ def hammer(address: str, stop: threading.Event, versions_seen: list[int], errors
 
 def test_hot_reload_under_concurrent_traffic_loses_nothing(repo_path, start_server) -> None:
     make_onnx_bundle(repo_path, name="news", version=1, seed=1)
-    server = start_server(max_versions=1, max_queue_delay_ms=2.0)
+    server = start_server(max_versions=1, max_queue_delay_ms=2.0, **CONTROL)
     stop, seen, errors = threading.Event(), [], []
     with ThreadPoolExecutor(6) as pool:
         workers = [pool.submit(hammer, server.address, stop, seen, errors) for _ in range(6)]
@@ -70,7 +72,7 @@ def truncate_onnx(bundle_dir: Path) -> None:
 @pytest.mark.parametrize(("damage", "reason"), [(corrupt_sha, "verification"), (truncate_onnx, "load")])
 def test_corrupted_new_version_is_refused_and_old_keeps_serving(bundles, repo_path, start_server, damage,
                                                                 reason) -> None:
-    server = start_server()
+    server = start_server(**CONTROL)
     bad = make_onnx_bundle(repo_path, name="news", version=3, seed=3)
     damage(bad.path)
     with pytest.raises(FailedPrecondition) as info:
@@ -111,11 +113,11 @@ def test_latest_n_versions(repo_path, start_server) -> None:
 
 
 def test_repository_control_errors(bundles, start_server) -> None:
-    server = start_server()
+    server = start_server(**CONTROL)
     with pytest.raises(NotFound):
         server.call(server.app.core.load_model("absent"))
     with pytest.raises(InvalidArgument):
         server.call(server.app.core.load_model("../news"))
     disabled = start_server(repository_control=False)
-    with pytest.raises(FailedPrecondition, match="disabled"):
+    with pytest.raises(Unimplemented, match="disabled"):
         disabled.call(disabled.app.core.load_model("news"))
