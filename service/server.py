@@ -138,6 +138,9 @@ class App:
 
 async def create_app(settings: Settings) -> App:
     credentials = _server_credentials(settings)  # before loading models: bad TLS files fail fast
+    if settings.repository_control and credentials is None:
+        logger.warning("repository_control is on without TLS: the control token crosses the network in cleartext; "
+                       "set tls_cert/tls_key or bind host to a loopback/private address")
     providers = resolve_providers(settings.providers)
     metrics = ServiceMetrics()
     executor = concurrent.futures.ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")

@@ -220,17 +220,24 @@ def test_health_probe_over_tls_in_a_subprocess(start, pki: Pki) -> None:
     assert (probe.returncode, probe.stdout.strip()) == (0, "SERVING"), probe.stderr
 
 
-@pytest.mark.parametrize("case", ["garbage-cert", "mismatched-key", "garbage-ca", "key-is-a-directory"])
+@pytest.mark.parametrize("case", ["garbage-cert", "mismatched-key", "encrypted-key", "garbage-ca",
+                                  "key-is-a-directory"])
 def test_bad_tls_files_are_a_clear_startup_error(case: str, pki: Pki, repo: Path, tmp_path: Path, caplog, capsys) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("this is not a certificate\n")
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(pki.server_key.read_bytes(), password=None)
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"passphrase")))
     flags = {"garbage-cert": ["--tls-cert", str(garbage), "--tls-key", str(pki.server_key)],
              "mismatched-key": ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.client_key)],
+             "encrypted-key": ["--tls-cert", str(pki.server_cert), "--tls-key", str(encrypted)],
              "garbage-ca": ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
                             "--tls-client-ca", str(garbage)],
              "key-is-a-directory": ["--tls-cert", str(pki.server_cert), "--tls-key", str(tmp_path)]}[case]
     expected = {"garbage-cert": "tls_cert=.*not a PEM file",
                 "mismatched-key": "not a usable certificate and matching unencrypted private key",
+                "encrypted-key": "not a usable certificate and matching unencrypted private key",
                 "garbage-ca": "tls_client_ca=.*not a PEM file",
                 "key-is-a-directory": "tls_key=.*file does not exist"}[case]
     argv = ["--model-repository", str(repo), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
@@ -574,3 +581,13 @@ def test_checkpoints_with_arbitrary_pickled_objects_are_refused(tmp_path: Path) 
                     if not (weights_only and isinstance(weights_only[0], ast.Constant) and weights_only[0].value is True):
                         unsafe.append(f"{source.relative_to(ROOT)}:{node.lineno}")
     assert loads >= 3 and unsafe == [], unsafe
+
+
+def test_security_doc_names_real_settings() -> None:
+    doc = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
+    fields = Settings.__dataclass_fields__
+    for name in ("tls_cert", "tls_key", "tls_client_ca", "repository_control", "control_token", "control_token_file",
+                 "host", "metrics_host", "metrics_port", "log_request_texts", "log_level"):
+        assert name in fields and f"`{name}" in doc, name
+    for flag in ("--tls-ca", "--tls-cert", "--tls-key", "--repository-control", "--control-token-file"):
+        assert flag in doc, flag
