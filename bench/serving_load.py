@@ -1,0 +1,247 @@
+"""Closed-loop gRPC load generator: one client process of the serving benchmark.
+
+Run by ``bench/bench_serving.py`` (never imported by the server). Protocol on stdio:
+
+1. reads one JSON object (the ``WorkerSpec``) from the first stdin line;
+2. connects, sends a few warm-up calls, prints ``ready`` on stdout;
+3. reads the measurement start ``t0`` (``time.monotonic()``, system-wide on Linux so every
+   worker of one cell shares the same window) from the next stdin line;
+4. keeps ``concurrency`` callers busy (each sends its next request as soon as the previous answer
+   arrives) until ``t0 + seconds``; a request counts when it completed inside [t0, t0 + seconds];
+5. prints one JSON line with latencies, error counts and CPU / server-metric snapshots.
+
+APIs: ``textclf`` (textclf.v1 Classify), ``kserve`` (ModelInfer through raw grpc.aio stubs, the
+request messages built once), ``kserve-triton`` (ModelInfer through ``tritonclient.grpc.aio``,
+building InferInput per call as a user of that client does).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+APIS = ("textclf", "kserve", "kserve-triton")
+CALL_TIMEOUT_S = 30.0
+WARMUP_CALLS = 3
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+METRIC_FAMILIES = ("textclf_batch_size", "textclf_queue_duration_seconds", "textclf_inference_duration_seconds",
+                   "textclf_request_duration_seconds")
+
+Caller = Callable[[int], Awaitable[None]]
+
+
+@dataclass
+class WorkerSpec:
+    address: str
+    api: str
+    model: str
+    texts: list[str]
+    concurrency: int
+    seconds: float
+    offset: int = 0  # first text index (several workers start on different texts)
+    server_pid: int | None = None
+    metrics_url: str | None = None
+
+
+@dataclass
+class CpuSnapshot:
+    client_s: float
+    server_s: float | None
+    machine_busy_s: float
+    machine_total_s: float
+
+
+@dataclass
+class WorkerResult:
+    latencies_ms: list[float]
+    errors: dict[str, int]
+    window_s: float
+    cpu_start: CpuSnapshot | None = None
+    cpu_end: CpuSnapshot | None = None
+    metrics_start: dict[str, float] = field(default_factory=dict)
+    metrics_end: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid`` and its threads from /proc (None when unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def cpu_snapshot(server_pid: int | None) -> CpuSnapshot:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    busy, total = machine_cpu_seconds()
+    server = process_cpu_seconds(server_pid) if server_pid else None
+    return CpuSnapshot(usage.ru_utime + usage.ru_stime, server, busy, total)
+
+
+def scrape_metrics(url: str | None) -> dict[str, float]:
+    """Sums of ``_sum`` and ``_count`` of the service's histograms (all label sets together)."""
+    if not url:
+        return {}
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        logger.warning("metrics scrape failed: %s", exc)
+        return {}
+    totals: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if any(name in (f + "_sum", f + "_count") for f in METRIC_FAMILIES):
+            totals[name] = totals.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+# ----------------------------------------------------------------------------- callers
+
+def textclf_caller(channel: grpc.aio.Channel, spec: WorkerSpec) -> Caller:
+    from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.TextClassifierStub(channel)
+    requests = [pb.ClassifyRequest(model=spec.model, texts=[t]) for t in spec.texts]
+
+    async def call(i: int) -> None:
+        await stub.Classify(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
+
+    return call
+
+
+def kserve_caller(channel: grpc.aio.Channel, spec: WorkerSpec) -> Caller:
+    from textclf_protos.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+
+    def request(text: str) -> pb.ModelInferRequest:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="TEXT", datatype="BYTES", shape=[1])
+        tensor.contents.bytes_contents.append(text.encode())
+        return pb.ModelInferRequest(model_name=spec.model, inputs=[tensor])
+
+    requests = [request(t) for t in spec.texts]
+
+    async def call(i: int) -> None:
+        await stub.ModelInfer(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
+
+    return call
+
+
+def triton_caller(spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None]]]:
+    import numpy as np
+    import tritonclient.grpc.aio as triton
+
+    client = triton.InferenceServerClient(spec.address)
+    arrays = [np.array([t.encode()], dtype=np.object_) for t in spec.texts]
+
+    async def call(i: int) -> None:
+        text = triton.InferInput("TEXT", [1], "BYTES")
+        text.set_data_from_numpy(arrays[i % len(arrays)])
+        await client.infer(spec.model, [text], client_timeout=CALL_TIMEOUT_S)
+
+    return call, client.close
+
+
+# ----------------------------------------------------------------------------- load
+
+async def closed_loop(call: Caller, spec: WorkerSpec, t0: float) -> WorkerResult:
+    t1 = t0 + spec.seconds
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    snapshots: dict[str, object] = {}
+
+    async def user(k: int) -> None:
+        i = spec.offset + k
+        while time.monotonic() < t1:
+            start = time.perf_counter()
+            try:
+                await call(i)
+                ok = True
+            except grpc.aio.AioRpcError as exc:
+                ok = False
+                code = exc.code().name
+            except Exception as exc:  # noqa: BLE001 - tritonclient wraps errors in its own type
+                ok = False
+                code = type(exc).__name__
+            end = time.monotonic()
+            if t0 <= end <= t1:
+                if ok:
+                    latencies.append((time.perf_counter() - start) * 1e3)
+                else:
+                    errors[code] += 1
+            i += spec.concurrency
+
+    async def observer() -> None:
+        await asyncio.sleep(max(0.0, t0 - time.monotonic()))  # timing the window, not synchronising
+        snapshots["cpu_start"], snapshots["metrics_start"] = cpu_snapshot(spec.server_pid), scrape_metrics(spec.metrics_url)
+        await asyncio.sleep(max(0.0, t1 - time.monotonic()))
+        snapshots["cpu_end"], snapshots["metrics_end"] = cpu_snapshot(spec.server_pid), scrape_metrics(spec.metrics_url)
+
+    await asyncio.gather(observer(), *(user(k) for k in range(spec.concurrency)))
+    return WorkerResult(latencies_ms=latencies, errors=dict(errors), window_s=spec.seconds, **snapshots)  # type: ignore[arg-type]
+
+
+async def run_worker(spec: WorkerSpec) -> WorkerResult:
+    options = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
+    close: Callable[[], Awaitable[None]]
+    channel: grpc.aio.Channel | None = None
+    if spec.api == "kserve-triton":
+        call, close = triton_caller(spec)
+    else:
+        channel = grpc.aio.insecure_channel(spec.address, options=options)
+        await asyncio.wait_for(channel.channel_ready(), 30.0)
+        call = textclf_caller(channel, spec) if spec.api == "textclf" else kserve_caller(channel, spec)
+        close = channel.close
+    try:
+        for i in range(WARMUP_CALLS):
+            await call(spec.offset + i)
+        print("ready", flush=True)
+        line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        return await closed_loop(call, spec, float(line))
+    finally:
+        await close()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    spec = WorkerSpec(**json.loads(sys.stdin.readline()))
+    if spec.api not in APIS:
+        print(f"unknown api {spec.api!r}", file=sys.stderr)
+        return 2
+    result = asyncio.run(run_worker(spec))
+    print(json.dumps(asdict(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

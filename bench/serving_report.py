@@ -1,0 +1,174 @@
+"""Cell statistics, ratios, goals, the printed table and the latency-vs-load plot."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MODE_LABELS = {
+    "textclf": "(a) textclf.v1 Classify, batching on",
+    "kserve": "(b) KServe v2 ModelInfer (raw grpc.aio stubs), batching on",
+    "kserve-triton": "(b') KServe v2 ModelInfer (tritonclient.grpc.aio), batching on",
+    "textclf-nobatch": "(c) textclf.v1 Classify, batching off",
+}
+
+
+def _delta(results: list[dict[str, Any]], key: str, name: str) -> float:
+    return sum((r.get(f"{key}_end") or {}).get(name, 0.0) - (r.get(f"{key}_start") or {}).get(name, 0.0)
+               for r in results[:1])  # one server: every worker scraped the same counters; use the first
+
+
+def _cpu(results: list[dict[str, Any]], window: float) -> dict[str, float | None]:
+    client = sum(r["cpu_end"]["client_s"] - r["cpu_start"]["client_s"] for r in results)
+    first = results[0]
+    start, end = first["cpu_start"], first["cpu_end"]
+    server = None if start["server_s"] is None or end["server_s"] is None else end["server_s"] - start["server_s"]
+    busy = end["machine_busy_s"] - start["machine_busy_s"]
+    total = end["machine_total_s"] - start["machine_total_s"]
+    other = busy - client - (server or 0.0)
+    return {"client_cpu_pct": 100 * client / window, "server_cpu_pct": None if server is None else 100 * server / window,
+            "other_cpu_pct": 100 * other / window, "machine_busy_pct": 100 * busy / total if total else None}
+
+
+def summarize_cell(mode: str, length: str, concurrency: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+    latencies = np.concatenate([np.asarray(r["latencies_ms"], dtype=np.float64) for r in results])
+    window = results[0]["window_s"]
+    errors: dict[str, int] = {}
+    for r in results:
+        for code, n in r["errors"].items():
+            errors[code] = errors.get(code, 0) + n
+    cell: dict[str, Any] = {"mode": mode, "length": length, "concurrency": concurrency, "seconds": window,
+                            "requests": int(latencies.size), "errors": errors,
+                            "throughput_rps": latencies.size / window}
+    for q in (50, 95, 99):
+        cell[f"p{q}_ms"] = float(np.percentile(latencies, q)) if latencies.size else float("nan")
+    cell["mean_ms"] = float(latencies.mean()) if latencies.size else float("nan")
+    batches = _delta(results, "metrics", "textclf_batch_size_count")
+    if batches:
+        cell["mean_batch"] = _delta(results, "metrics", "textclf_batch_size_sum") / batches
+        cell["batches_per_s"] = batches / window
+        cell["infer_ms_per_batch"] = 1e3 * _delta(results, "metrics", "textclf_inference_duration_seconds_sum") / batches
+    texts = _delta(results, "metrics", "textclf_queue_duration_seconds_count")
+    if texts:
+        cell["queue_ms_per_text"] = 1e3 * _delta(results, "metrics", "textclf_queue_duration_seconds_sum") / texts
+    calls = _delta(results, "metrics", "textclf_request_duration_seconds_count")
+    if calls:
+        cell["server_request_ms"] = 1e3 * _delta(results, "metrics", "textclf_request_duration_seconds_sum") / calls
+    cell.update(_cpu(results, window))
+    return cell
+
+
+def find(cells: list[dict[str, Any]], mode: str, length: str, concurrency: int) -> dict[str, Any] | None:
+    return next((c for c in cells if c["mode"] == mode and c["length"] == length and c["concurrency"] == concurrency),
+                None)
+
+
+def ratios_and_goals(cells: list[dict[str, Any]], ceilings: dict[str, dict[str, Any]],
+                     top: int, low: int) -> dict[str, Any]:
+    """Per text length: served/ceiling and batching on/off at the top concurrency, p50 at the low one
+    minus in-process single-text latency; goal verdicts."""
+    out: dict[str, Any] = {}
+    for length, ceiling in ceilings.items():
+        row: dict[str, Any] = {}
+        on = find(cells, "textclf", length, top)
+        off = find(cells, "textclf-nobatch", length, top)
+        kserve = find(cells, "kserve", length, top)
+        if on:
+            row["served_over_ceiling"] = on["throughput_rps"] / ceiling["ceiling_per_s"]
+            row["served_over_ort_ceiling"] = on["throughput_rps"] / ceiling["ceiling_ort_per_s"]
+        if kserve:
+            row["kserve_over_ceiling"] = kserve["throughput_rps"] / ceiling["ceiling_per_s"]
+        if on and off:
+            row["batching_on_over_off"] = on["throughput_rps"] / off["throughput_rps"]
+        for mode in ("textclf", "kserve"):
+            c1 = find(cells, mode, length, low)
+            if c1:
+                row[f"{mode}_p50_c{low}_minus_inprocess_ms"] = c1["p50_ms"] - ceiling["single_text_p50_ms"]
+        row["goals"] = {
+            f"c{top}_served_ge_0.8x_ceiling": _goal(row.get("served_over_ceiling"), lambda v: v >= 0.8),
+            f"c{top}_batching_ge_3x_off": _goal(row.get("batching_on_over_off"), lambda v: v >= 3.0),
+            f"c{low}_p50_within_1ms": _goal(row.get(f"textclf_p50_c{low}_minus_inprocess_ms"), lambda v: v <= 1.0),
+        }
+        out[length] = row
+    return out
+
+
+def _goal(value: float | None, test) -> str:
+    return "n/a" if value is None else ("MET" if test(value) else "NOT MET")
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def format_table(cells: list[dict[str, Any]]) -> str:
+    header = ("| mode | texts | c | req/s | p50 ms | p95 ms | p99 ms | mean batch | queue ms | infer ms/batch "
+              "| server CPU % | client CPU % | others CPU % | errors |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for c in cells:
+        errors = ", ".join(f"{k} {v}" for k, v in c["errors"].items()) or "0"
+        lines.append(f"| {c['mode']} | {c['length']} | {c['concurrency']} | {_fmt(c['throughput_rps'])} "
+                     f"| {_fmt(c['p50_ms'], '.2f')} | {_fmt(c['p95_ms'], '.2f')} | {_fmt(c['p99_ms'], '.2f')} "
+                     f"| {_fmt(c.get('mean_batch'))} | {_fmt(c.get('queue_ms_per_text'), '.2f')} "
+                     f"| {_fmt(c.get('infer_ms_per_batch'), '.2f')} | {_fmt(c.get('server_cpu_pct'), '.0f')} "
+                     f"| {_fmt(c.get('client_cpu_pct'), '.0f')} | {_fmt(c.get('other_cpu_pct'), '.0f')} | {errors} |")
+    return "\n".join(lines)
+
+
+def format_ceiling(ceilings: dict[str, dict[str, Any]]) -> str:
+    lines = ["| texts | in-process single text p50 ms (tokenize+ORT) | ORT only p50 ms | best batch "
+             "| ceiling texts/s (tokenize+ORT) | ORT-only ceiling texts/s | texts/s by batch (tokenize+ORT) |",
+             "|---|---|---|---|---|---|---|"]
+    for length, c in ceilings.items():
+        by_batch = ", ".join(f"b{b}: {v['text_per_s']:.0f}" for b, v in c["by_batch"].items())
+        lines.append(f"| {length} | {c['single_text_p50_ms']:.2f} | {c['single_ort_p50_ms']:.2f} | {c['best_batch']} "
+                     f"| {c['ceiling_per_s']:.0f} | {c['ceiling_ort_per_s']:.0f} | {by_batch} |")
+    return "\n".join(lines)
+
+
+def format_ratios(ratios: dict[str, Any]) -> str:
+    lines = []
+    for length, row in ratios.items():
+        values = ", ".join(f"{k} = {v:.2f}" for k, v in row.items() if isinstance(v, float))
+        goals = ", ".join(f"{k}: {v}" for k, v in row["goals"].items())
+        lines.append(f"{length}: {values}\n  goals: {goals}")
+    return "\n".join(lines)
+
+
+def plot(cells: list[dict[str, Any]], ceilings: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = list(ceilings)
+    fig, axes = plt.subplots(1, len(lengths), figsize=(6.5 * len(lengths), 4.8), squeeze=False)
+    for ax, length in zip(axes[0], lengths):
+        for index, mode in enumerate(MODE_LABELS):
+            rows = sorted((c for c in cells if c["mode"] == mode and c["length"] == length),
+                          key=lambda c: c["concurrency"])
+            if not rows:
+                continue
+            color = f"C{index}"
+            x = [c["throughput_rps"] for c in rows]
+            ax.plot(x, [c["p50_ms"] for c in rows], "o-", color=color, label=f"{mode} p50")
+            ax.plot(x, [c["p99_ms"] for c in rows], "x--", color=color, label=f"{mode} p99")
+            for c in rows:
+                ax.annotate(f"c{c['concurrency']}", (c["throughput_rps"], c["p50_ms"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.axvline(ceilings[length]["ceiling_per_s"], color="k", linestyle=":", label="in-process ceiling")
+        ax.set_yscale("log")
+        ax.set_xlabel("throughput (requests/s, 1 text each)")
+        ax.set_ylabel("latency (ms, log)")
+        ax.set_title(f"{length} texts")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
