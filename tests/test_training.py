@@ -85,6 +85,10 @@ def test_same_seed_same_weights_and_resume_continues(data_file: Path, tmp_path: 
     for key, tensor in weights(straight / "last.pt").items():
         torch.testing.assert_close(weights(resumed / "last.pt")[key], tensor, rtol=0, atol=0)
 
+    # a later --resume without --epochs keeps the run's own budget (3): nothing left to train
+    assert main(["--run-dir", str(resumed), "--resume", "--no-progress"]) == 0
+    assert torch.load(resumed / "last.pt", weights_only=True)["resume"]["epoch"] == 3
+
     other = tmp_path / "other"
     assert main(["--data", str(data_file), "--run-dir", str(other), "--embedding-dim", "8", "--hidden-size", "8",
                  "--max-len", "12", "--batch-size", "8", "--threads", "1", "--no-progress", "--seed", "6",

@@ -67,6 +67,14 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         parser.error("--lr must be > 0")
 
 
+def explicit_options(argv: list[str] | None, names: set[str]) -> set[str]:
+    """The destinations the user actually typed (a value equal to the default still counts)."""
+    unset = object()  # not a str, so argparse never converts it
+    probe = build_parser()
+    probe.set_defaults(**{name: unset for name in names})
+    return {name for name, value in vars(probe.parse_args(argv)).items() if name in names and value is not unset}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     known = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in known})
-    # on --resume, budget flags given on the command line (differing from the defaults) win
-    overrides = {name for name in known if hasattr(args, name) and getattr(args, name) != parser.get_default(name)}
+    # on --resume, budget flags given explicitly on the command line win over the stored run's
+    overrides = explicit_options(argv, known)
     try:
         report = train(config, resume=args.resume, overrides=overrides)
     except (DataError, TrainingError) as exc:

@@ -56,7 +56,7 @@ class TrainConfig:
     vocab_size: int = 20000
     min_frequency: int = 2
     # optimisation
-    epochs: int = 12
+    epochs: int = 10
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
