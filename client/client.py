@@ -32,12 +32,14 @@ def retry_service_config(
     initial_backoff: float = 0.1,
     max_backoff: float = 2.0,
     backoff_multiplier: float = 2.0,
-    codes: Sequence[str] = ("UNAVAILABLE",),
+    codes: Sequence[str] = ("UNAVAILABLE", "CANCELLED"),
 ) -> str:
     """gRPC service config (JSON) retrying the given services' methods on ``codes``.
 
-    Every textclf RPC is idempotent, so retrying UNAVAILABLE (connection refused, server
-    draining) is safe. ``max_attempts`` counts the first try; gRPC caps it at 5.
+    Every textclf RPC is idempotent, so retrying is safe: UNAVAILABLE (connection refused, a
+    server draining) and CANCELLED sent by a server or proxy as its port closes (grpc cancels
+    calls it received but never dispatched; a call the client itself cancels is never retried).
+    ``max_attempts`` counts the first try; gRPC caps it at 5.
     """
     policy = {
         "maxAttempts": max_attempts,

@@ -33,6 +33,9 @@ class InferenceCore:
         self.metrics = metrics
         self._started = False
         self._draining = False
+        self._calls_in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._control = ControlAuth(settings.read_control_token())  # SettingsError: unreadable token file
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -47,6 +50,28 @@ class InferenceCore:
 
     def start_draining(self) -> None:
         self._draining = True
+
+    @property
+    def calls_in_flight(self) -> int:
+        return self._calls_in_flight
+
+    def call_started(self) -> None:
+        """Called by the API boundary for every RPC it handles (see ``wait_idle``)."""
+        self._calls_in_flight += 1
+        self._idle.clear()
+
+    def call_finished(self) -> None:
+        self._calls_in_flight -= 1
+        if self._calls_in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until no RPC is being handled; False when ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def _require_ready(self) -> None:
         if not self.ready():

@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,9 +121,23 @@ class App:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new calls, let admitted calls finish within ``grace``."""
         grace = self.settings.grace_period if grace is None else grace
+        deadline = time.monotonic() + grace
         self.core.start_draining()
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        # The gRPC server keeps accepting while admitted calls finish: a call arriving now is
+        # answered UNAVAILABLE by the core (retryable on another replica). Stopping the server
+        # first would make grpc cancel calls it had received but not yet dispatched (CANCELLED).
+        drained = await self.core.wait_idle(grace)
+        if drained and self.settings.drain_delay > 0:
+            await asyncio.sleep(min(self.settings.drain_delay, max(0.0, deadline - time.monotonic())))
+        # Close the port at an instant when no handler runs: grpc cancels running handlers on
+        # stop. Handlers run on this event loop, so nothing starts between the check and stop().
+        while drained and self.core.calls_in_flight:
+            drained = await self.core.wait_idle(max(0.0, deadline - time.monotonic()))
+        if not drained:
+            logger.warning("grace period of %.1f s over with %d call(s) still running", grace,
+                           self.core.calls_in_flight)
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
         await self.repository.close()
         self.executor.shutdown(wait=True)
         self.metrics.stop()

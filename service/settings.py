@@ -67,6 +67,7 @@ class Settings:
     stream_max_in_flight: int = _opt(64, "requests of one ClassifyStream processed concurrently")
     # Lifecycle and logging
     grace_period: float = _opt(10.0, "seconds admitted calls get to finish on SIGTERM/SIGINT")
+    drain_delay: float = _opt(0.5, "seconds a drained server keeps answering UNAVAILABLE before it closes its port")
     log_level: str = _opt("INFO", "DEBUG | INFO | WARNING | ERROR")
     log_request_texts: bool = _opt(False, "log request texts at DEBUG level (never on by default)")
 
@@ -85,7 +86,7 @@ class Settings:
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
-        for name in ("poll_interval", "max_queue_delay_ms", "grace_period"):
+        for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.length_bucket_ratio >= 1.0, "length_bucket_ratio", "must be >= 1")
         check(self.providers in PROVIDERS, "providers", f"must be one of {', '.join(PROVIDERS)}")

@@ -166,6 +166,7 @@ def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
             call = CallInfo(api)
             start = time.perf_counter()
+            self.core.call_started()
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
@@ -173,6 +174,8 @@ def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
             except BaseException as exc:  # noqa: BLE001 - the boundary maps everything
                 await _fail(self.core.metrics, call, context, exc, start)
                 raise  # only reached for cancellation / an abort already sent
+            finally:
+                self.core.call_finished()
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
             return response
 
@@ -193,6 +196,7 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
             call = CallInfo(api)
             start = time.perf_counter()
+            self.core.call_started()
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
@@ -203,6 +207,8 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
             except BaseException as exc:  # noqa: BLE001
                 await _fail(self.core.metrics, call, context, exc, start)
                 raise
+            finally:
+                self.core.call_finished()
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
 
         return wrapper

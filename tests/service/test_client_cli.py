@@ -30,4 +30,4 @@ def test_retry_service_config() -> None:
     config = json.loads(retry_service_config())
     (method,) = config["methodConfig"]
     assert {"service": "textclf.v1.TextClassifier"} in method["name"]
-    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
+    assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE", "CANCELLED"]
