@@ -4,36 +4,68 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
+from service.metrics import WORKER_INDEX_ENV
 from service.runtime import RuntimeConfigError
 from service.server import create_app
 from service.settings import Settings, SettingsError, load_settings
+from service.supervisor import READY_FD_ENV, run_supervisor
 
 logger = logging.getLogger("service")
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, worker: str | None = None) -> None:
+    prefix = "" if worker is None else f"[worker {worker}] "
     logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s")
 
 
-async def serve(settings: Settings) -> None:
-    app = await create_app(settings)
+def _die_with_supervisor() -> None:
+    """Linux: a worker gets SIGTERM (and drains) if its supervisor dies without stopping it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        logger.debug("PR_SET_PDEATHSIG unavailable; a worker outlives a killed supervisor")
+
+
+def _tell_supervisor_ready() -> None:
+    fd = os.environ.get(READY_FD_ENV)
+    if fd:
+        os.write(int(fd), b"1")
+        os.close(int(fd))
+
+
+async def serve(settings: Settings, worker: str | None = None) -> None:
+    """Run one server until SIGTERM/SIGINT. ``worker``: this process is worker ``worker`` of a
+    multi-worker supervisor (SO_REUSEPORT on, the supervisor serves metrics and logs the totals)."""
+    app = await create_app(settings, reuse_port=worker is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await app.start()
-    metrics = f"http://{settings.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"
-    logger.info("textclf serving gRPC on %s:%d; metrics %s", settings.host, app.port, metrics)
+    if worker is None:
+        metrics = f"http://{settings.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"
+        logger.info("textclf serving gRPC on %s:%d; metrics %s", settings.host, app.port, metrics)
+    else:
+        logger.info("worker %s (pid %d) serving gRPC on %s port %d", worker, os.getpid(), settings.host, app.port)
+        _tell_supervisor_ready()
     await stop.wait()
     logger.info("shutting down: draining for up to %.1f s", settings.grace_period)
     await app.stop(settings.grace_period)
     # every call the servicers saw, by final status: what a drain did can be audited from the log
-    logger.info("final request counts: %s", json.dumps(app.metrics.request_counts(), sort_keys=True))
+    counts = json.dumps(app.metrics.request_counts(), sort_keys=True)
+    if worker is None:
+        logger.info("final request counts: %s", counts)
+    else:
+        logger.info("request counts of this worker: %s", counts)  # the supervisor logs the totals
     logger.info("stopped")
 
 
@@ -43,9 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"textclf serve: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    worker = os.environ.get(WORKER_INDEX_ENV)
+    configure_logging(settings.log_level, worker)
+    if settings.workers > 1 and worker is None:
+        return run_supervisor(settings, sys.argv[1:] if argv is None else list(argv))
+    if worker is not None:
+        _die_with_supervisor()
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, worker))
     except (RuntimeConfigError, SettingsError) as exc:  # e.g. bad TLS files, unreadable token file
         logger.error("%s", exc)
         return 2

@@ -58,10 +58,12 @@ class InferenceCore:
     def call_started(self) -> None:
         """Called by the API boundary for every RPC it handles (see ``wait_idle``)."""
         self._calls_in_flight += 1
+        self.metrics.calls_in_flight.inc()
         self._idle.clear()
 
     def call_finished(self) -> None:
         self._calls_in_flight -= 1
+        self.metrics.calls_in_flight.dec()
         if self._calls_in_flight == 0:
             self._idle.set()
 

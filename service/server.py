@@ -151,7 +151,25 @@ class App:
         task.add_done_callback(self._health_tasks.discard)
 
 
-async def create_app(settings: Settings) -> App:
+def grpc_server_options(settings: Settings, *, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """Channel args of the gRPC server. ``reuse_port`` (SO_REUSEPORT) only for the workers of a
+    multi-worker supervisor: a single server must fail to bind a port that is taken. The pending-call
+    limits bound the backlog gRPC core keeps before the event loop takes a call (docs/reliability.md):
+    calls beyond them are shed by gRPC core and never reach a servicer (clients see CANCELLED)."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    for arg, value in (("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
+                       ("grpc.server.max_pending_requests_hard_limit", settings.grpc_max_pending_requests_hard_limit),
+                       ("grpc.server_max_unrequested_time_in_server", settings.grpc_max_unrequested_seconds)):
+        if value > 0:
+            options.append((arg, value))
+    return options
+
+
+async def create_app(settings: Settings, *, reuse_port: bool = False) -> App:
     credentials = _server_credentials(settings)  # before loading models: bad TLS files fail fast
     if settings.repository_control and credentials is None:
         logger.warning("repository_control is on without TLS: the control token crosses the network in cleartext; "
@@ -162,11 +180,7 @@ async def create_app(settings: Settings) -> App:
     repository = ModelRepository(settings, metrics, executor, providers)
     await repository.load_all()
     core = InferenceCore(settings, repository, metrics)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-        ("grpc.max_send_message_length", settings.max_send_message_bytes),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(options=grpc_server_options(settings, reuse_port=reuse_port))
     service_names = register_servicers(server, core)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", NOT_SERVING)  # SERVING once started

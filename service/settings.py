@@ -38,9 +38,18 @@ class Settings:
     metrics_port: int = _opt(8002, "Prometheus /metrics HTTP port (0 = any free port, -1 = disabled)")
     max_receive_message_bytes: int = _opt(4 * 1024 * 1024, "largest gRPC request message accepted")
     max_send_message_bytes: int = _opt(16 * 1024 * 1024, "largest gRPC response message sent")
+    grpc_max_pending_requests: int = _opt(
+        64, "calls gRPC core queues before the event loop takes them, per process; beyond it gRPC sheds new calls "
+            "at random (clients see CANCELLED; 0 = gRPC default 1000)")
+    grpc_max_pending_requests_hard_limit: int = _opt(
+        128, "calls gRPC core queues at most, per process; beyond it every new call is shed (0 = gRPC default 3000)")
+    grpc_max_unrequested_seconds: int = _opt(
+        5, "a call gRPC core queued this long without the event loop taking it is shed (0 = gRPC default 30)")
     tls_cert: str = _opt("", "PEM server certificate; with tls_key enables TLS on the gRPC port")
     tls_key: str = _opt("", "PEM private key for tls_cert")
     tls_client_ca: str = _opt("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
+    workers: int = _opt(1, "server processes sharing the gRPC port (SO_REUSEPORT) under one supervisor; "
+                           "1 = a single process (recommended with intra_op_threads=1 and workers = cores)")
     # Models
     model_repository: str = _opt("./models", "model repository directory (<repo>/<name>/<version>/)")
     max_versions: int = _opt(0, "load the latest N valid versions of each model (0 = all)")
@@ -82,12 +91,17 @@ class Settings:
             low = -1 if name == "metrics_port" else 0
             check(low <= getattr(self, name) <= 65535, name, f"must be in [{low}, 65535]")
         for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_batch_size", "max_queue_size",
-                     "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers"):
+                     "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers",
+                     "workers"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
-        for name in ("max_versions", "intra_op_threads", "inter_op_threads"):
+        for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
+                     "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(not (self.grpc_max_pending_requests and self.grpc_max_pending_requests_hard_limit)
+              or self.grpc_max_pending_requests <= self.grpc_max_pending_requests_hard_limit,
+              "grpc_max_pending_requests", "must be <= grpc_max_pending_requests_hard_limit")
         check(self.length_bucket_ratio >= 1.0, "length_bucket_ratio", "must be >= 1")
         check(self.providers in PROVIDERS, "providers", f"must be one of {', '.join(PROVIDERS)}")
         check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
