@@ -269,8 +269,9 @@ def train(config: TrainConfig, resume: bool = False, overrides: set[str] | None 
         epoch_rng = np.random.default_rng([config.seed, epoch])  # stateless per epoch: resume-safe
         batches = make_batches(encoded["train"].lengths, config.batch_size, epoch_rng)
         loss_sum, seen = 0.0, 0
+        # disable=None: bars on a terminal only; in logs the per-epoch line below is the progress
         bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", leave=False,
-                   disable=not config.progress)
+                   disable=None if config.progress else True)
         for rows in bar:
             ids, lengths = batch_tensors(encoded["train"], rows, config.word_dropout, epoch_rng)
             loss = loss_fn(model(ids, lengths), torch.from_numpy(targets["train"][rows]))
