@@ -64,7 +64,9 @@ def export_bundle(
     ParityFailed (nothing published) when a parity bound is broken.
     """
     validate_model_name(name)
-    checkpoint_path = Path(checkpoint_path).resolve()
+    # recorded as given (relative paths stay relative, like the data manifest) so that a
+    # project directory can move or be copied and `textclf parity` still finds the checkpoint
+    checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     quantization = quantize or "none"
     with tempfile.TemporaryDirectory(prefix="textclf-stage-") as tmp:
