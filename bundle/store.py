@@ -126,6 +126,7 @@ def write_card(bundle_dir: str | Path, card: ModelCard) -> None:
     """Atomically replace model.json (used by publish and by the parity CLI)."""
     bundle_dir = Path(bundle_dir)
     fd, tmp = tempfile.mkstemp(prefix=".model.json.", dir=bundle_dir)
+    os.fchmod(fd, 0o644)  # mkstemp makes it 0600: a service running as another user must read it
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(card.to_json())
         handle.flush()

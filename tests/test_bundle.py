@@ -35,6 +35,8 @@ def test_published_bundle_is_complete_and_verifies(repo_with_bundle) -> None:
     assert {"torch", "onnx", "onnxruntime", "onnxscript"} <= set(card.versions)
     assert card.architecture["cell"] == "gru" and card.inputs[0].shape == ["batch", "seq"]
     json.dumps(card.to_dict())
+    for name in ("model.onnx", "tokenizer.json", "model.json"):  # readable by a service running as another user
+        assert (bundle / name).stat().st_mode & 0o044 == 0o044, name
 
 
 def test_publish_picks_next_version_and_leaves_no_staging(repo_with_bundle, tmp_path: Path) -> None:
