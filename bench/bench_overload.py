@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-queue-size", type=int, default=64, help="server --max-queue-size (texts)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra `python -m service` flag, e.g. --server-arg=--grpc-max-pending-requests=0 (gRPC's "
+                        "own defaults: the unbounded-backlog baseline)")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "overload.json")
     return p.parse_args(argv)
 
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bundle = support.find_bundle(args.repository, args.model) or support.build_random_bundle(args.model)
     texts = load_texts(bundle, args.tokens)
-    extra = ["--max-queue-size", str(args.max_queue_size), "--max-batch-size", str(args.max_batch_size)]
+    extra = ["--max-queue-size", str(args.max_queue_size), "--max-batch-size", str(args.max_batch_size),
+             *args.server_arg]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-overload-"))
     started = time.time()
     load_start = os.getloadavg()

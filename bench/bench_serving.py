@@ -52,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured window")
+    p.add_argument("--workers", type=int, default=2,
+                   help="server processes (`--workers`) of mode textclf-workers (default 2)")
+    p.add_argument("--client-channels", type=int, default=1,
+                   help="connections per client process, callers spread over them (mode textclf-workers uses at "
+                        "least min(c, 8): SO_REUSEPORT spreads connections, not calls)")
     p.add_argument("--client-procs", type=int, default=1,
                    help="client processes sharing a cell's concurrency (default 1: one grpc.aio process)")
     p.add_argument("--modes", nargs="+", default=list(report.MODE_LABELS), choices=list(report.MODE_LABELS))
@@ -105,13 +110,17 @@ def await_line(process: subprocess.Popen, expected: str | None = None) -> str:
 
 
 def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[str], concurrency: int,
-             args: argparse.Namespace) -> list[dict[str, Any]]:
+             args: argparse.Namespace, min_channels: int = 0) -> list[dict[str, Any]]:
     """One (api, length, concurrency) cell from ``client_procs`` worker processes sharing one window."""
     procs = max(1, min(args.client_procs, concurrency))
     shares = [concurrency // procs + (1 if k < concurrency % procs else 0) for k in range(procs)]
+    channels = args.client_channels if api != "kserve-triton" else 1
+    if min_channels:
+        channels = max(channels, min(concurrency, min_channels))
     workers = [launch_worker(WorkerSpec(address=server.address, api=api, model=model, texts=texts,
                                         concurrency=share, seconds=args.seconds, offset=k * 7919,
-                                        server_pid=server.pid, metrics_url=server.metrics_url))
+                                        server_pid=server.pid, metrics_url=server.metrics_url,
+                                        channels=max(1, min(channels, share))))
                for k, share in enumerate(shares)]
     try:
         for worker in workers:
@@ -133,22 +142,24 @@ def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[st
 
 
 def run_server_modes(batching: bool, modes: list[str], texts: dict[str, list[str]], bundle: support.Bundle,
-                     args: argparse.Namespace, log_dir: Path) -> list[dict[str, Any]]:
+                     args: argparse.Namespace, log_dir: Path, workers: int = 1) -> list[dict[str, Any]]:
     env = {**SERVER_BASE_ENV, **dict(item.split("=", 1) for item in args.server_env)}
-    logger.info("starting server (batching %s)", "on" if batching else "off")
+    logger.info("starting server (batching %s, %d worker process(es))", "on" if batching else "off", workers)
+    extra = [*args.server_arg, *(["--workers", str(workers)] if workers > 1 else [])]
     server = support.start_server(bundle.repository, batching=batching, threads=args.threads,
-                                  extra_args=args.server_arg, env=env, log_dir=log_dir)
+                                  extra_args=extra, env=env, log_dir=log_dir)
     cells: list[dict[str, Any]] = []
     try:
         logger.info("server pid %d on %s: %s", server.pid, server.address, " ".join(server.command[1:]))
         for mode in modes:
             api = "textclf" if mode.startswith("textclf") else mode
+            min_channels = 8 if mode == "textclf-workers" else 0
             for length, pool in texts.items():
                 concurrencies = args.concurrency
                 if mode == "kserve-triton":
                     concurrencies = args.triton_concurrency if length == "short" else []
                 for concurrency in concurrencies:
-                    results = run_cell(server, api, bundle.name, pool, concurrency, args)
+                    results = run_cell(server, api, bundle.name, pool, concurrency, args, min_channels)
                     cell = report.summarize_cell(mode, length, concurrency, results)
                     cells.append(cell)
                     log_cell(cell)
@@ -218,9 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     before = {} if args.skip_ceiling else measure_ceilings(bundle, texts, args, "before")
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="textclf-bench-logs-") as log_dir:
-        on_modes = [m for m in args.modes if m != "textclf-nobatch"]
+        on_modes = [m for m in args.modes if m not in ("textclf-nobatch", "textclf-workers")]
         if on_modes:
             cells += run_server_modes(True, on_modes, texts, bundle, args, Path(log_dir))
+        if "textclf-workers" in args.modes:
+            cells += run_server_modes(True, ["textclf-workers"], texts, bundle, args, Path(log_dir), args.workers)
         if "textclf-nobatch" in args.modes:
             cells += run_server_modes(False, ["textclf-nobatch"], texts, bundle, args, Path(log_dir))
     after = {} if args.skip_ceiling else measure_ceilings(bundle, texts, args, "after")
@@ -237,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                   "max_len": bundle.card.max_len},
         "settings": {"ceiling_tokenizers_parallelism": os.environ["TOKENIZERS_PARALLELISM"], "threads": args.threads, "server_args": args.server_arg, "server_env": args.server_env,
                      "seconds": args.seconds, "warmup": args.warmup, "client_procs": args.client_procs,
+                     "client_channels": args.client_channels, "workers": args.workers,
                      "concurrency": args.concurrency},
         "texts": text_stats, "modes": {m: report.MODE_LABELS[m] for m in args.modes},
         "cells": cells, "ceiling": ceilings, "ceiling_passes": {"before": before, "after": after}, "ratios": ratios,

@@ -58,6 +58,7 @@ class WorkerSpec:
     offset: int = 0  # first text index (several workers start on different texts)
     server_pid: int | None = None
     metrics_url: str | None = None
+    channels: int = 1  # separate connections (several workers behind SO_REUSEPORT each take connections)
 
 
 @dataclass
@@ -81,13 +82,32 @@ class WorkerResult:
 
 # ----------------------------------------------------------------------------- measurements
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid`` and its threads from /proc (None when unreadable)."""
+def _own_cpu_seconds(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of ``pid``, its threads and its live child processes (the workers of a
+    multi-worker supervisor) from /proc (None when unreadable)."""
+    own = _own_cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(_own_cpu_seconds(child) or 0.0 for child in _children(pid))
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
@@ -218,10 +238,20 @@ async def run_worker(spec: WorkerSpec) -> WorkerResult:
     if spec.api == "kserve-triton":
         call, close = triton_caller(spec)
     else:
-        channel = grpc.aio.insecure_channel(spec.address, options=options)
-        await asyncio.wait_for(channel.channel_ready(), 30.0)
-        call = textclf_caller(channel, spec) if spec.api == "textclf" else kserve_caller(channel, spec)
-        close = channel.close
+        if spec.channels > 1:
+            options.append(("grpc.use_local_subchannel_pool", 1))  # one connection per channel
+        channels = [grpc.aio.insecure_channel(spec.address, options=options) for _ in range(spec.channels)]
+        for channel in channels:
+            await asyncio.wait_for(channel.channel_ready(), 30.0)
+        make = textclf_caller if spec.api == "textclf" else kserve_caller
+        calls = [make(channel, spec) for channel in channels]
+
+        async def call(i: int) -> None:
+            await calls[i % len(calls)](i)
+
+        async def close() -> None:
+            for channel in channels:
+                await channel.close()
     try:
         for i in range(WARMUP_CALLS):
             await call(spec.offset + i)

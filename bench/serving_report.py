@@ -14,6 +14,7 @@ MODE_LABELS = {
     "kserve": "(b) KServe v2 ModelInfer (raw grpc.aio stubs), batching on",
     "kserve-triton": "(b') KServe v2 ModelInfer (tritonclient.grpc.aio), batching on",
     "textclf-nobatch": "(c) textclf.v1 Classify, batching off",
+    "textclf-workers": "(e) textclf.v1 Classify, batching on, --workers N server processes on one port",
 }
 
 
@@ -88,11 +89,29 @@ def ratios_and_goals(cells: list[dict[str, Any]], ceilings: dict[str, dict[str, 
             c1 = find(cells, mode, length, low)
             if c1:
                 row[f"{mode}_p50_c{low}_minus_inprocess_ms"] = c1["p50_ms"] - ceiling["single_text_p50_ms"]
+        workers = find(cells, "textclf-workers", length, top)
+        if workers:
+            row["workers_served_over_ceiling"] = workers["throughput_rps"] / ceiling["ceiling_per_s"]
+            if on:
+                row["workers_over_one_worker"] = workers["throughput_rps"] / on["throughput_rps"]
+            if off:
+                row["workers_over_batching_off"] = workers["throughput_rps"] / off["throughput_rps"]
+        c1 = find(cells, "textclf-workers", length, low)
+        if c1:
+            row[f"workers_p50_c{low}_minus_inprocess_ms"] = c1["p50_ms"] - ceiling["single_text_p50_ms"]
         row["goals"] = {
             f"c{top}_served_ge_0.8x_ceiling": _goal(row.get("served_over_ceiling"), lambda v: v >= 0.8),
             f"c{top}_batching_ge_3x_off": _goal(row.get("batching_on_over_off"), lambda v: v >= 3.0),
             f"c{low}_p50_within_1ms": _goal(row.get(f"textclf_p50_c{low}_minus_inprocess_ms"), lambda v: v <= 1.0),
         }
+        if workers or c1:
+            row["goals"].update({
+                f"workers_c{top}_served_ge_0.8x_ceiling": _goal(row.get("workers_served_over_ceiling"),
+                                                               lambda v: v >= 0.8),
+                f"workers_c{top}_ge_3x_batching_off": _goal(row.get("workers_over_batching_off"), lambda v: v >= 3.0),
+                f"workers_c{low}_p50_within_1ms": _goal(row.get(f"workers_p50_c{low}_minus_inprocess_ms"),
+                                                       lambda v: v <= 1.0),
+            })
         out[length] = row
     return out
 
