@@ -60,7 +60,7 @@ class Settings:
     control_token_file: str = _opt("", "file holding the repository-control bearer token (surrounding whitespace ignored)")
     warmup: bool = _opt(True, "run warm-up inferences before a model version receives traffic")
     # Runtime
-    providers: str = _opt("auto", "onnxruntime execution provider: auto | cpu | cuda")
+    providers: str = _opt("auto", "onnxruntime execution provider: auto, cpu or cuda")
     intra_op_threads: int = _opt(0, "onnxruntime intra-op threads per session (0 = onnxruntime default)")
     inter_op_threads: int = _opt(0, "onnxruntime inter-op threads per session (0 = onnxruntime default)")
     inference_workers: int = _opt(1, "worker threads running onnxruntime (shared by all models)")
@@ -77,7 +77,7 @@ class Settings:
     # Lifecycle and logging
     grace_period: float = _opt(10.0, "seconds admitted calls get to finish on SIGTERM/SIGINT")
     drain_delay: float = _opt(0.5, "seconds a drained server keeps answering UNAVAILABLE before it closes its port")
-    log_level: str = _opt("INFO", "DEBUG | INFO | WARNING | ERROR")
+    log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING or ERROR")
     log_request_texts: bool = _opt(False, "log request texts at DEBUG level (never on by default)")
 
     def validate(self) -> "Settings":

@@ -52,9 +52,10 @@ def test_settings_table_covers_every_field() -> None:
     assert ("TEXTCLF_PORT", "--port", "8001", "gRPC listen port (0 = any free port)") in rows
 
 
-def test_docs_settings_table_is_current() -> None:
+@pytest.mark.parametrize("document", ["docs/service.md", "README.md"])
+def test_docs_settings_table_is_current(document: str) -> None:
     from pathlib import Path
 
-    docs = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text(encoding="utf-8")
+    docs = (Path(__file__).resolve().parents[2] / document).read_text(encoding="utf-8")
     for env, flag, default, meaning in settings_table():
-        assert f"| `{env}` | `{flag}` | `{default}` | {meaning} |" in docs, f"docs/service.md: update the row of {env}"
+        assert f"| `{env}` | `{flag}` | `{default}` | {meaning} |" in docs, f"{document}: update the row of {env}"
