@@ -16,7 +16,7 @@ import grpc
 
 from service.api import kserve_codec as codec
 from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
-from service.api.textclf_v1 import ordered_concurrently
+from service.api.streams import ordered_concurrently
 from service.api.kserve_stats import InferenceStatistics
 from service.auth import authorization_values
 from service.core import InferenceCore

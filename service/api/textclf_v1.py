@@ -8,6 +8,7 @@ import grpc
 
 from service.api import textclf_codec as codec
 from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
+from service.api.streams import ordered_concurrently
 from service.core import InferenceCore
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
@@ -69,43 +70,6 @@ class TextClassifierServicer(pb_grpc.TextClassifierServicer):
         model = self.core.get_model(codec.model_name_of(request.name), codec.version_of(request))
         call.resolved(model.name, model.version)
         return codec.model_response(model, self.core.model_versions(model.name))
-
-
-async def ordered_concurrently(messages, handle, max_in_flight: int):
-    """Run ``handle`` on each message concurrently (at most ``max_in_flight`` at once) and yield
-    the answers in message order. Cancelling the consumer cancels every outstanding handler."""
-    pending: asyncio.Queue = asyncio.Queue(maxsize=max_in_flight)
-    done = object()
-    tasks: set[asyncio.Task] = set()
-
-    failures: list[Exception] = []
-
-    async def read() -> None:
-        try:
-            async for message in messages:
-                task = asyncio.ensure_future(handle(message))
-                tasks.add(task)
-                await pending.put(task)
-        except Exception as exc:  # noqa: BLE001 - re-raised by the consumer, in order
-            failures.append(exc)
-        await pending.put(done)
-
-    reader = asyncio.ensure_future(read())
-    try:
-        while True:
-            task = await pending.get()
-            if task is done:
-                break
-            try:
-                yield await task
-            finally:
-                tasks.discard(task)
-        if failures:
-            raise failures[0]
-    finally:
-        reader.cancel()
-        for task in tasks:
-            task.cancel()
 
 
 def register(server: grpc.aio.Server, core: InferenceCore) -> str:
