@@ -120,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nclassified {len(SAMPLE_TEXTS)} texts over gRPC at {address}:\n")
         print(format_table(SAMPLE_TEXTS, result, width=72))
         show_metrics(f"http://127.0.0.1:{metrics_port}/metrics")
-        print(f"\nTry it yourself: textclf classify --address {address} --model {args.name} \"some news text\"")
+        if args.keep_serving:
+            print(f"\nTry it yourself: .venv/bin/textclf classify --address {address} --model {args.name} \"some news text\"")
+        else:
+            print("\nTo keep the server up and call it yourself: .venv/bin/textclf demo --keep-serving, then "
+                  f".venv/bin/textclf classify --address {address} --model {args.name} \"some news text\"")
         if args.keep_serving:
             print("serving until Ctrl-C ...")
             server.wait()
