@@ -18,7 +18,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from client.client import ClassifyResult, TextclfClient, channel_options, classi
 from service.healthcheck import check as health_check
 from tests.support.deploy_env import REPO, compose_service, env_of, require_tools
 from tests.support.onnx_bundle import make_onnx_bundle
+from tests.support.service_process import free_port
 from textclf_protos.textclf.v1 import textclf_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -67,12 +67,6 @@ def deploy_channel(address: str) -> grpc.Channel:
 
 
 # ------------------------------------------------------------------------------ plumbing
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
              alive: Callable[[], None] | None = None) -> Any:
     """Poll ``condition`` until it returns a truthy value or ``timeout`` passes (then fail)."""

@@ -44,6 +44,7 @@ from client.client import classify_request
 from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
                                     start_server, wait_until)
 from tests.support.onnx_bundle import make_onnx_bundle
+from tests.support.service_process import ServiceProcess, free_port
 from textclf_protos.inference import grpc_service_pb2 as kpb
 from textclf_protos.inference import grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
@@ -51,7 +52,6 @@ from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSIFY, INFER = "textclf.v1.Classify", "kserve.ModelInfer"
-READY_LINE = re.compile(r"serving gRPC on [^:]+:(\d+); metrics http://[^:]+:(\d+)/metrics")
 FINAL_COUNTS = re.compile(r"final request counts: (\{.*\})")
 SHUTTING_DOWN = "server is shutting down"
 
@@ -83,67 +83,6 @@ class Stubs:
 
     def close(self) -> None:
         self.channel.close()
-
-
-class ServiceProcess:
-    """``python -m service`` with its stderr collected line by line (awaitable with deadlines)."""
-
-    def __init__(self, repo: Path, *extra: str, port: int = 0, metrics_port: int = 0) -> None:
-        command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--metrics-host",
-                   "127.0.0.1", "--metrics-port", str(metrics_port), "--model-repository", str(repo),
-                   "--providers", "cpu", "--intra-op-threads", "1", "--log-level", "INFO", *extra]
-        self.process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        match = self.wait_line(READY_LINE, timeout=60)
-        self.port, self.metrics_port = int(match.group(1)), int(match.group(2))
-
-    def _read(self) -> None:
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self.lines.append("")  # EOF marker
-            self._changed.notify_all()
-
-    def wait_line(self, pattern: re.Pattern, timeout: float = 30.0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    match = pattern.search(line)
-                    if match:
-                        return match
-                if self.lines and self.lines[-1] == "":
-                    raise AssertionError(f"server exited ({self.process.poll()}) without {pattern.pattern!r}:\n"
-                                         + "".join(self.lines[-30:]))
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no line matching {pattern.pattern!r}:\n" + "".join(self.lines[-30:]))
-                self._changed.wait(remaining)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
-
-    @property
-    def log(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-        self._reader.join(10)
 
 
 # ----------------------------------------------------------------------------- SIGTERM under load
@@ -451,13 +390,6 @@ from tests.support.onnx_bundle import make_onnx_bundle
 make_onnx_bundle(sys.argv[1], name="news", version=3, seed=3)
 print("PUBLISHED", flush=True)
 """
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_restart_after_sigkill_of_server_and_publisher(bundles, repo_path) -> None:

@@ -11,13 +11,11 @@ import ast
 import datetime
 import ipaddress
 import os
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -42,6 +40,7 @@ from service import healthcheck
 from service.settings import Settings, SettingsError, load_settings
 from tests.service.conftest import ServerThread, metric, scrape
 from tests.support.onnx_bundle import make_onnx_bundle
+from tests.support.service_process import ServiceProcess
 from textclf_protos.inference import grpc_service_pb2 as kpb, grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
 
@@ -428,40 +427,17 @@ WRONG_TOKEN = "WRONG-SENTINEL-TOKEN-5d2e9a"
 def _serve_and_log(repo: Path, *flags: str) -> tuple[str, list[str]]:
     """Run ``python -m service`` at DEBUG, make classify and control calls carrying sentinels,
     SIGTERM it and return everything it wrote to stdout/stderr (+ the outcomes seen)."""
-    env = dict(os.environ, TEXTCLF_CONTROL_TOKEN=TOKEN, PYTHONUNBUFFERED="1")
-    env.pop("TEXTCLF_CONFIG", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--model-repository", str(repo), "--host", "127.0.0.1", "--port", "0",
-         "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--providers", "cpu", "--log-level", "DEBUG",
-         "--repository-control", "--grace-period", "2", *flags],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def drain() -> None:
-        for line in process.stdout:  # type: ignore[union-attr]
-            lines.put(line)
-        lines.put(None)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    log: list[str] = []
+    server = ServiceProcess(repo, "--log-level", "DEBUG", "--repository-control", "--grace-period", "2", *flags,
+                            env={"TEXTCLF_CONTROL_TOKEN": TOKEN, "TEXTCLF_CONFIG": None})
     outcomes: list[str] = []
     try:
-        while True:
-            line = lines.get(timeout=120)
-            assert line is not None, "the server exited early:\n" + "".join(log)
-            log.append(line)
-            found = re.search(r"serving gRPC on 127\.0\.0\.1:(\d+)", line)
-            if found:
-                address = f"127.0.0.1:{found.group(1)}"
-                break
-        with TextclfClient(address, retry=False) as client:
+        with TextclfClient(server.address, retry=False) as client:
             client.classify([TEXT_SENTINEL, "the market"], "news")
             request = pb.ClassifyRequest(model="news", texts=[TEXT_SENTINEL])
             outcomes += [r.ok and "ok" or r.message for r in client.classify_stream([("1", request)])]
             too_long = TEXT_SENTINEL * 10_000
             outcomes.append(_refused(lambda: client.classify([too_long], "news")).code().name)
-        with triton.InferenceServerClient(address) as kserve:
+        with triton.InferenceServerClient(server.address) as kserve:
             text = triton.InferInput("TEXT", [1], "BYTES")
             text.set_data_from_numpy(np.array([TEXT_SENTINEL.encode()], dtype=np.object_))
             kserve.infer("news", [text])
@@ -473,15 +449,9 @@ def _serve_and_log(repo: Path, *flags: str) -> tuple[str, list[str]]:
                 except InferenceServerException as exc:
                     outcomes.append(exc.status())
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
-        reader.join(timeout=30)
-    while True:
-        item = lines.get_nowait() if not lines.empty() else None
-        if item is None:
-            break
-        log.append(item)
-    return "".join(log), outcomes
+        server.process.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    return server.log, outcomes
 
 
 def test_logs_contain_no_request_texts_and_no_tokens(repo: Path) -> None:

@@ -1,12 +1,9 @@
 """``python -m service`` as a real process: SIGTERM with calls in flight loses none."""
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,28 +12,15 @@ import grpc
 from client.client import classify_request
 from service import healthcheck
 from tests.service.conftest import metric, scrape, wait_until
+from tests.support.service_process import ServiceProcess
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-READY_LINE = re.compile(r"serving gRPC on [^:]+:(\d+); metrics http://[^:]+:(\d+)/metrics")
-
-
-def start_process(repo: Path, *extra: str) -> tuple[subprocess.Popen, int, int]:
-    command = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", "0", "--metrics-host", "127.0.0.1",
-               "--metrics-port", "0", "--model-repository", str(repo), "--providers", "cpu", *extra]
-    process = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    for line in process.stderr:
-        match = READY_LINE.search(line)
-        if match:
-            threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-            return process, int(match.group(1)), int(match.group(2))
-    raise AssertionError(f"server exited with {process.wait()} before serving")
 
 
 def test_sigterm_with_calls_in_flight_loses_none(bundles, repo_path) -> None:
-    process, port, metrics_port = start_process(repo_path, "--max-queue-delay-ms", "600", "--grace-period", "10")
-    address, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    server = ServiceProcess(repo_path, "--max-queue-delay-ms", "600", "--grace-period", "10")
+    process, address, metrics_url = server.process, server.address, server.metrics_url
     try:
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.TextClassifierStub(channel)
@@ -57,9 +41,7 @@ def test_sigterm_with_calls_in_flight_loses_none(bundles, repo_path) -> None:
         assert process.wait(timeout=20) == 0
         channel.close()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        server.kill()
 
 
 def test_bad_settings_exit_2_with_a_clear_message(tmp_path) -> None:
