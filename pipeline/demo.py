@@ -69,15 +69,22 @@ def ensure_bundle(repository: Path, name: str, run_dir: Path, train_args: Sequen
 
 
 def wait_until_serving(address: str, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    from service.healthcheck import check
+    """Wait for health SERVING; each check waits (up to 1 s) for the port instead of spinning."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the service exited with code {process.returncode} before it was ready")
-        if check(address, timeout=1.0) == "SERVING":
-            return
-        # the probe itself waits up to 1 s for an answer, so this loop does not spin
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise SystemExit(f"the service exited with code {process.returncode} before it was ready")
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0, wait_for_ready=True)
+            except grpc.RpcError:
+                continue  # not listening yet (the call waited for the port) or still loading
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                return
     raise SystemExit(f"the service at {address} was not SERVING within {timeout:.0f} s")
 
 
