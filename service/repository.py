@@ -261,7 +261,7 @@ class ModelRepository:
         s = self.settings
         try:
             runtime = ModelRuntime.load(path, card, providers=self.providers, intra_op_threads=s.intra_op_threads,
-                                        inter_op_threads=s.inter_op_threads)
+                                        inter_op_threads=s.inter_op_threads, spinning=s.intra_op_spinning)
         except Exception as exc:  # onnxruntime/tokenizers raise many types for a bad file
             raise Refused("load", f"cannot load in onnxruntime: {type(exc).__name__}: {str(exc)[:300]}") from None
         if s.warmup:

@@ -73,11 +73,15 @@ class ModelRuntime:
 
     @classmethod
     def load(cls, bundle_dir: Path, card: ModelCard, *, providers: list[str], intra_op_threads: int = 0,
-             inter_op_threads: int = 0) -> "ModelRuntime":
+             inter_op_threads: int = 0, spinning: bool = True) -> "ModelRuntime":
         """Build the session and tokenizer; raises on any file onnxruntime or tokenizers reject."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
+        # onnxruntime's default: idle pool threads spin for work, which steals the CPU the server's
+        # event loop needs between batches (docs/benchmarks.md); the service turns it off by default
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         session = ort.InferenceSession(str(bundle_dir / MODEL_FILE), sess_options=options, providers=providers)

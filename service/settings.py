@@ -65,6 +65,8 @@ class Settings:
     providers: str = _opt("auto", "onnxruntime execution provider: auto, cpu or cuda")
     intra_op_threads: int = _opt(0, "onnxruntime intra-op threads per session (0 = onnxruntime default)")
     inter_op_threads: int = _opt(0, "onnxruntime inter-op threads per session (0 = onnxruntime default)")
+    intra_op_spinning: bool = _opt(False, "let idle onnxruntime intra-op threads spin-wait for work (burns CPU the "
+                                          "gRPC event loop needs; on only for dedicated inference cores)")
     inference_workers: int = _opt(1, "worker threads running onnxruntime (shared by all models)")
     # Batching
     batching: bool = _opt(True, "dynamic batching across concurrent requests (off = each request runs alone)")
