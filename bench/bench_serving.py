@@ -38,6 +38,7 @@ logger = logging.getLogger("bench.serving")
 
 LOAD_SCRIPT = Path(__file__).resolve().parent / "serving_load.py"
 WORKER_TIMEOUT_S = 120.0
+FLOOR_KINDS = {"grpc-floor": "aio", "grpc-floor-sync": "sync"}
 SERVER_BASE_ENV = dict(os.environ)  # the servers get the caller's environment (+ --server-env), untouched
 
 
@@ -148,23 +149,40 @@ def run_server_modes(batching: bool, modes: list[str], texts: dict[str, list[str
     extra = [*args.server_arg, *(["--workers", str(workers)] if workers > 1 else [])]
     server = support.start_server(bundle.repository, batching=batching, threads=args.threads,
                                   extra_args=extra, env=env, log_dir=log_dir)
-    cells: list[dict[str, Any]] = []
     try:
         logger.info("server pid %d on %s: %s", server.pid, server.address, " ".join(server.command[1:]))
-        for mode in modes:
-            api = "textclf" if mode.startswith("textclf") else mode
-            min_channels = 8 if mode == "textclf-workers" else 0
-            for length, pool in texts.items():
-                concurrencies = args.concurrency
-                if mode == "kserve-triton":
-                    concurrencies = args.triton_concurrency if length == "short" else []
-                for concurrency in concurrencies:
-                    results = run_cell(server, api, bundle.name, pool, concurrency, args, min_channels)
-                    cell = report.summarize_cell(mode, length, concurrency, results)
-                    cells.append(cell)
-                    log_cell(cell)
+        return run_modes_on(server, modes, texts, bundle.name, args)
     finally:
         server.stop()
+
+
+def run_floor_mode(mode: str, texts: dict[str, list[str]], model: str, args: argparse.Namespace,
+                   log_dir: Path) -> list[dict[str, Any]]:
+    """The same cells against bench/grpc_floor_server.py: the gRPC stack with no model behind it."""
+    kind = FLOOR_KINDS[mode]
+    logger.info("starting the gRPC floor server (%s, no model)", kind)
+    server = support.start_floor_server(kind, log_dir)
+    try:
+        return run_modes_on(server, [mode], texts, model, args)
+    finally:
+        server.stop()
+
+
+def run_modes_on(server: support.ServerProcess, modes: list[str], texts: dict[str, list[str]], model: str,
+                 args: argparse.Namespace) -> list[dict[str, Any]]:
+    cells: list[dict[str, Any]] = []
+    for mode in modes:
+        api = "kserve" if mode == "kserve" else "kserve-triton" if mode == "kserve-triton" else "textclf"
+        min_channels = 8 if mode == "textclf-workers" else 0
+        for length, pool in texts.items():
+            concurrencies = args.concurrency
+            if mode == "kserve-triton":
+                concurrencies = args.triton_concurrency if length == "short" else []
+            for concurrency in concurrencies:
+                results = run_cell(server, api, model, pool, concurrency, args, min_channels)
+                cell = report.summarize_cell(mode, length, concurrency, results)
+                cells.append(cell)
+                log_cell(cell)
     return cells
 
 
@@ -229,13 +247,16 @@ def main(argv: list[str] | None = None) -> int:
     before = {} if args.skip_ceiling else measure_ceilings(bundle, texts, args, "before")
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="textclf-bench-logs-") as log_dir:
-        on_modes = [m for m in args.modes if m not in ("textclf-nobatch", "textclf-workers")]
+        separate = ("textclf-nobatch", "textclf-workers", *FLOOR_KINDS)
+        on_modes = [m for m in args.modes if m not in separate]
         if on_modes:
             cells += run_server_modes(True, on_modes, texts, bundle, args, Path(log_dir))
         if "textclf-workers" in args.modes:
             cells += run_server_modes(True, ["textclf-workers"], texts, bundle, args, Path(log_dir), args.workers)
         if "textclf-nobatch" in args.modes:
             cells += run_server_modes(False, ["textclf-nobatch"], texts, bundle, args, Path(log_dir))
+        for mode in (m for m in args.modes if m in FLOOR_KINDS):
+            cells += run_floor_mode(mode, texts, bundle.name, args, Path(log_dir))
     after = {} if args.skip_ceiling else measure_ceilings(bundle, texts, args, "after")
     ceilings = {length: support.best_of(before[length], after[length]) for length in before}
     ratios = report.ratios_and_goals(cells, ceilings, max(args.concurrency), min(args.concurrency))

@@ -15,6 +15,8 @@ MODE_LABELS = {
     "kserve-triton": "(b') KServe v2 ModelInfer (tritonclient.grpc.aio), batching on",
     "textclf-nobatch": "(c) textclf.v1 Classify, batching off",
     "textclf-workers": "(e) textclf.v1 Classify, batching on, --workers N server processes on one port",
+    "grpc-floor": "(f) gRPC floor: textclf.v1 Classify on the same grpc.aio stack, fixed answer, no model",
+    "grpc-floor-sync": "(f') gRPC floor on grpcio's thread-pool (sync) server, fixed answer, no model",
 }
 
 
@@ -99,6 +101,7 @@ def ratios_and_goals(cells: list[dict[str, Any]], ceilings: dict[str, dict[str, 
         c1 = find(cells, "textclf-workers", length, low)
         if c1:
             row[f"workers_p50_c{low}_minus_inprocess_ms"] = c1["p50_ms"] - ceiling["single_text_p50_ms"]
+        row.update(_floor_bounds(cells, ceiling, length, top, low))
         row["goals"] = {
             f"c{top}_served_ge_0.8x_ceiling": _goal(row.get("served_over_ceiling"), lambda v: v >= 0.8),
             f"c{top}_batching_ge_3x_off": _goal(row.get("batching_on_over_off"), lambda v: v >= 3.0),
@@ -114,6 +117,46 @@ def ratios_and_goals(cells: list[dict[str, Any]], ceilings: dict[str, dict[str, 
             })
         out[length] = row
     return out
+
+
+def _floor_bounds(cells: list[dict[str, Any]], ceiling: dict[str, Any], length: str, top: int,
+                  low: int) -> dict[str, Any]:
+    """What the gRPC stack alone allows (mode grpc-floor: same server stack, no model): a goal whose
+    bound is out of reach cannot be met by any servicer on that stack on this machine."""
+    floor_top = find(cells, "grpc-floor", length, top)
+    floor_low = find(cells, "grpc-floor", length, low)
+    if not floor_top and not floor_low:
+        return {}
+    row: dict[str, Any] = {}
+    reachable: dict[str, str] = {}
+    if floor_top:
+        rps = floor_top["throughput_rps"]
+        row[f"floor_c{top}_rps"] = rps
+        row["floor_over_ceiling"] = rps / ceiling["ceiling_per_s"]
+        reachable[f"c{top}_served_ge_0.8x_ceiling"] = "yes" if rps >= 0.8 * ceiling["ceiling_per_s"] else (
+            f"no: the gRPC floor ({rps:.0f} req/s with no model) < 0.8 x ceiling "
+            f"({0.8 * ceiling['ceiling_per_s']:.0f})")
+        on, off = find(cells, "textclf", length, top), find(cells, "textclf-nobatch", length, top)
+        if on:
+            row["served_over_floor"] = on["throughput_rps"] / rps
+        if off:
+            needed = 3 * off["throughput_rps"]
+            bound = min(rps, ceiling["ceiling_per_s"])
+            row["batching_off_x3_rps"] = needed
+            reachable[f"c{top}_batching_ge_3x_off"] = "yes" if bound >= needed else (
+                f"no: 3 x batching off = {needed:.0f} req/s > min(gRPC floor {rps:.0f}, "
+                f"in-process ceiling {ceiling['ceiling_per_s']:.0f})")
+    if floor_low:
+        p50 = floor_low["p50_ms"]
+        row[f"floor_p50_c{low}_ms"] = p50
+        c1 = find(cells, "textclf", length, low)
+        if c1:
+            row[f"textclf_p50_c{low}_minus_floor_minus_inprocess_ms"] = (
+                c1["p50_ms"] - p50 - ceiling["single_text_p50_ms"])
+        reachable[f"c{low}_p50_within_1ms"] = "yes" if p50 <= 1.0 else (
+            f"no: a call with no model already takes {p50:.2f} ms (p50)")
+    row["reachable_here"] = reachable
+    return row
 
 
 def _goal(value: float | None, test) -> str:
@@ -157,6 +200,8 @@ def format_ratios(ratios: dict[str, Any]) -> str:
         values = ", ".join(f"{k} = {v:.2f}" for k, v in row.items() if isinstance(v, float))
         goals = ", ".join(f"{k}: {v}" for k, v in row["goals"].items())
         lines.append(f"{length}: {values}\n  goals: {goals}")
+        for goal, verdict in row.get("reachable_here", {}).items():
+            lines.append(f"  reachable on this machine and gRPC stack, {goal}: {verdict}")
     return "\n".join(lines)
 
 

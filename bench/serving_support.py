@@ -145,7 +145,7 @@ def free_port() -> int:
 class ServerProcess:
     process: subprocess.Popen
     address: str
-    metrics_url: str
+    metrics_url: str | None  # None: the gRPC floor server has no metrics
     log_path: Path
     command: list[str]
 
@@ -189,6 +189,22 @@ def start_server(repository: Path, *, batching: bool, threads: int, extra_args: 
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    env=env)
     server = ServerProcess(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log_path, command)
+    try:
+        wait_serving(server, SERVER_START_TIMEOUT_S)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def start_floor_server(kind: str, log_dir: Path) -> ServerProcess:
+    """Start ``bench/grpc_floor_server.py`` (the textclf.v1 API with no model) on a free port."""
+    port = free_port()
+    command = [sys.executable, str(ROOT / "bench" / "grpc_floor_server.py"), "--port", str(port), "--kind", kind]
+    log_path = log_dir / f"floor-{kind}-{port}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    server = ServerProcess(process, f"127.0.0.1:{port}", None, log_path, command)
     try:
         wait_serving(server, SERVER_START_TIMEOUT_S)
     except BaseException:
