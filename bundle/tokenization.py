@@ -59,8 +59,11 @@ class TextEncoder:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
-        """Untruncated ids per text (no special tokens added)."""
-        return [enc.ids for enc in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        """Untruncated ids per text (no special tokens added).
+
+        ``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character
+        offsets (unused here): ~20 % less time per text, and like ``encode_batch`` it releases the GIL."""
+        return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
 
     def encode_batch(self, texts: list[str]) -> EncodedBatch:
         if not texts:

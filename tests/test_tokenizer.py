@@ -62,3 +62,9 @@ def test_truncation_is_counted(encoder: TextEncoder) -> None:
     assert batch.input_ids.shape == (4, 4)
     assert batch.input_ids.dtype == np.int64
     assert (batch.input_ids[2, 1:] == PAD_ID).all()
+
+
+def test_ids_equal_the_offset_tracking_encoder(encoder: TextEncoder) -> None:
+    texts = [*CORPUS, "", "  ", "MARKET\u00a0fell", "ﬁle ＦＩＬＥ", "market. " * 50, "a\x00b\u200bc"]
+    slow = [e.ids for e in encoder.tokenizer.encode_batch(texts, add_special_tokens=False)]
+    assert encoder.token_ids(texts) == slow
