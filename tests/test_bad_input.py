@@ -380,6 +380,12 @@ CASES = [
     Case("kserve-metadata-version-abc", lambda s: _unary(lambda: s.kserve.ModelMetadata(
         kpb.ModelMetadataRequest(name="news", version="abc"), timeout=DEADLINE)), INVALID, "got 'abc'",
          "kserve.ModelMetadata"),
+    Case("kserve-config-version-negative", lambda s: _unary(lambda: s.kserve.ModelConfig(
+        kpb.ModelConfigRequest(name="news", version="-1"), timeout=DEADLINE)), INVALID, "got '-1'",
+         "kserve.ModelConfig"),
+    Case("kserve-config-dotdot", lambda s: _unary(lambda: s.kserve.ModelConfig(
+        kpb.ModelConfigRequest(name=f"../{MARKER}"), timeout=DEADLINE)), INVALID, "invalid model name",
+         "kserve.ModelConfig", no_fs=True),
     Case("kserve-ready-dotdot", lambda s: _unary(lambda: s.kserve.ModelReady(
         kpb.ModelReadyRequest(name=f"../{MARKER}"), timeout=DEADLINE)), INVALID, "invalid model name",
          "kserve.ModelReady", no_fs=True),

@@ -6,6 +6,7 @@ client); models are tiny torch-free ONNX bundles (tests/support/onnx_bundle.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
 import threading
 from collections.abc import Iterator
@@ -122,6 +123,28 @@ def test_model_metadata(client: triton.InferenceServerClient, repo) -> None:
     assert client.get_model_metadata("news", "1").name == "news"
     assert _error(lambda: client.get_model_metadata("nope")).status() == "StatusCode.NOT_FOUND"
     assert _error(lambda: client.get_model_metadata("news", "7")).status() == "StatusCode.NOT_FOUND"
+
+
+def test_model_config_through_tritonclient(client: triton.InferenceServerClient, repo) -> None:
+    assert "model_configuration" in client.get_server_metadata().extensions
+    config = client.get_model_config("news", as_json=True)["config"]
+    labels = repo["news/2"].labels
+    assert (config["name"], config["platform"], config["backend"]) == ("news", "onnxruntime_onnx", "onnxruntime")
+    assert config.get("max_batch_size", 0) == 0 and config["version_policy"] == {"all": {}}
+    assert config["input"] == [{"name": "TEXT", "data_type": "TYPE_STRING", "dims": ["-1"]}]
+    assert config["output"] == [{"name": "PROBABILITIES", "data_type": "TYPE_FP32", "dims": ["-1", str(len(labels))]},
+                                {"name": "LABEL", "data_type": "TYPE_STRING", "dims": ["-1"]}]
+    # the server's settings (module fixture: max_queue_delay_ms=1.0, default max_batch_size)
+    assert config["dynamic_batching"] == {"preferred_batch_size": [64], "max_queue_delay_microseconds": "1000",
+                                          "preserve_ordering": True}
+    assert config["instance_group"] == [{"name": "news_0", "kind": "KIND_CPU", "count": 1}]
+    parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert json.loads(parameters["labels"]) == labels and parameters["version"] == "2"
+    assert parameters["max_len"] == str(repo["news/2"].card.max_len)
+    assert client.get_model_config("news", "1").config.parameters["version"].string_value == "1"
+    assert _error(lambda: client.get_model_config("nope")).status() == "StatusCode.NOT_FOUND"
+    assert _error(lambda: client.get_model_config("news", "7")).status() == "StatusCode.NOT_FOUND"
+    assert _error(lambda: client.get_model_config("")).status() == "StatusCode.INVALID_ARGUMENT"
 
 
 # ------------------------------------------------------------------ inference

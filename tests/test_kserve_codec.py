@@ -63,14 +63,46 @@ def _messages(container) -> list[pbd.Descriptor]:
     return found
 
 
+# Triton's model_config.proto messages, declared as subsets of their fields (the proto's header)
+MODEL_CONFIG_SUBSETS = {"inference.ModelConfig", "inference.ModelInput", "inference.ModelOutput",
+                        "inference.ModelInstanceGroup", "inference.ModelDynamicBatching"}
+
+
 def test_every_message_matches_tritonclient_field_for_field() -> None:
     ours = _messages(pb.DESCRIPTOR)
-    assert len(ours) >= 30
+    assert len(ours) >= 40
     for message in ours:
         theirs = triton_pb.DESCRIPTOR.pool.FindMessageTypeByName(message.full_name)
-        assert {f.name: _field_signature(f) for f in message.fields} == \
-               {f.name: _field_signature(f) for f in theirs.fields}, message.full_name
+        mine = {f.name: _field_signature(f) for f in message.fields}
+        other = {f.name: _field_signature(f) for f in theirs.fields}
+        if message.full_name in MODEL_CONFIG_SUBSETS:
+            assert mine.items() <= other.items(), message.full_name
+        else:
+            assert mine == other, message.full_name
         assert message.GetOptions().map_entry == theirs.GetOptions().map_entry, message.full_name
+        for enum in message.enum_types:
+            assert _values(enum) == _values(theirs.enum_types_by_name[enum.name]), enum.full_name
+
+
+def _values(enum: pbd.EnumDescriptor) -> dict[str, int]:
+    return {v.name: v.number for v in enum.values}
+
+
+def test_enums_match_tritonclient() -> None:
+    for enum in pb.DESCRIPTOR.enum_types_by_name.values():
+        assert _values(enum) == _values(triton_pb.DESCRIPTOR.pool.FindEnumTypeByName(enum.full_name)), enum.full_name
+    assert "DataType" in pb.DESCRIPTOR.enum_types_by_name
+
+
+def test_model_config_subset_parses_as_tritons_full_message() -> None:
+    ours = pb.ModelConfig(name="news", platform="onnxruntime_onnx", max_batch_size=0,
+                          version_policy=pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=2)),
+                          input=[pb.ModelInput(name="TEXT", data_type=pb.TYPE_STRING, dims=[-1])])
+    ours.parameters["labels"].string_value = "a,b"
+    theirs = triton_pb.ModelConfigResponse.FromString(pb.ModelConfigResponse(config=ours).SerializeToString()).config
+    assert (theirs.name, theirs.platform, theirs.version_policy.latest.num_versions) == ("news", "onnxruntime_onnx", 2)
+    assert (theirs.input[0].name, theirs.input[0].data_type, list(theirs.input[0].dims)) == ("TEXT", 13, [-1])
+    assert theirs.parameters["labels"].string_value == "a,b"
 
 
 def test_every_rpc_matches_tritonclient() -> None:

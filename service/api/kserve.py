@@ -17,6 +17,7 @@ import grpc
 from service.api import kserve_codec as codec
 from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
 from service.api.streams import ordered_concurrently
+from service.api.kserve_config import PLATFORM, model_config
 from service.api.kserve_stats import InferenceStatistics
 from service.auth import authorization_values
 from service.core import InferenceCore
@@ -29,8 +30,7 @@ logger = logging.getLogger(__name__)
 API = "kserve"  # metric label prefix: "kserve.<Method>"; stream messages: "kserve.ModelStreamInfer.message"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "textclf"
-EXTENSIONS = ("model_repository", "statistics", "classification")
-PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "classification")
 
 
 def server_version() -> str:
@@ -91,6 +91,11 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             inputs=[tensor(name=codec.TEXT_INPUT, datatype=codec.BYTES, shape=[-1])],
             outputs=[tensor(name=codec.PROBABILITIES_OUTPUT, datatype=codec.FP32, shape=[-1, len(model.labels)]),
                      tensor(name=codec.LABEL_OUTPUT, datatype=codec.BYTES, shape=[-1])])
+
+    @unary(f"{API}.ModelConfig")
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context, call: CallInfo) -> pb.ModelConfigResponse:
+        model = self._model(request.name, request.version, call)
+        return pb.ModelConfigResponse(config=model_config(model, self.core.settings))
 
     def _model(self, name: str, version: str, call: CallInfo) -> LoadedModel:
         model = self.core.get_model(codec.require_model_name(name), codec.parse_version(version))
