@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=0.3, help="seconds per timed window")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results")
+    parser.add_argument("--out", type=Path, help="JSON file (default bench/results/onnx_vs_torch-<N>thread(s).json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("torch", "onnxscript", "onnx_ir", "export", "root"):
@@ -126,11 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "goal_b1_fp32_ratio_ge_1_5": all(r["ratio_fp32"] >= 1.5 for r in rows if r["batch"] == 1),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"onnx_vs_torch-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out = args.out or default_output(args.threads)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}")
     return 0
+
+
+def default_output(threads: int) -> Path:
+    """The stable names docs/export.md links to: onnx_vs_torch-1thread.json, -2threads.json, ..."""
+    return ROOT / "bench" / "results" / f"onnx_vs_torch-{threads}thread{'' if threads == 1 else 's'}.json"
 
 
 def format_table(rows: list[dict], threads: int) -> str:

@@ -63,8 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--modes", nargs="+", default=list(report.MODE_LABELS), choices=list(report.MODE_LABELS))
     p.add_argument("--triton-concurrency", type=int, nargs="*", default=None,
                    help="concurrencies for kserve-triton, short texts only (default: lowest and highest)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="onnxruntime intra-op threads, server and ceiling alike (0 = onnxruntime default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="onnxruntime intra-op threads, server and ceiling alike (default 1, the server's default; "
+                        "0 = onnxruntime default)")
     p.add_argument("--server-arg", action="append", default=[],
                    help="extra `python -m service` flag for both servers, e.g. --server-arg=--max-queue-delay-ms=1")
     p.add_argument("--server-env", action="append", default=[], help="KEY=VALUE for the server processes")

@@ -77,6 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     worker = os.environ.get(WORKER_INDEX_ENV)
     configure_logging(settings.log_level, worker)
+    # HF tokenizers' own thread pool fights onnxruntime and the event loop for the cores (a
+    # single-text encode right after an inference took up to 10 ms instead of 0.4 ms with it on;
+    # docs/benchmarks.md); the caller's environment still wins
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if settings.workers > 1 and worker is None:
         return run_supervisor(settings, sys.argv[1:] if argv is None else list(argv))
     if worker is not None:

@@ -63,7 +63,8 @@ class Settings:
     warmup: bool = _opt(True, "run warm-up inferences before a model version receives traffic")
     # Runtime
     providers: str = _opt("auto", "onnxruntime execution provider: auto, cpu or cuda")
-    intra_op_threads: int = _opt(0, "onnxruntime intra-op threads per session (0 = onnxruntime default)")
+    intra_op_threads: int = _opt(1, "onnxruntime intra-op threads per session (0 = onnxruntime default: one per core); "
+                                    "1 serves best beside the event loop on CPU (docs/benchmarks.md)")
     inter_op_threads: int = _opt(0, "onnxruntime inter-op threads per session (0 = onnxruntime default)")
     intra_op_spinning: bool = _opt(False, "let idle onnxruntime intra-op threads spin-wait for work (burns CPU the "
                                           "gRPC event loop needs; on only for dedicated inference cores)")
