@@ -9,10 +9,12 @@ Pitfalls guarded here (measured, see /work/shared/notes/export-findings.md and d
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -75,6 +77,24 @@ def assert_named_dims(model: onnx.ModelProto) -> None:
         raise ExportError(f"exported outputs are {outputs}, expected [{OUTPUT_LOGITS!r}]")
 
 
+class _DropTorchvisionNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def _without_torchvision_notice() -> Iterator[None]:
+    """The exporter warns once per torchvision op in its registry when torchvision is absent;
+    our models use none, so the notice is noise in every export log."""
+    registry_logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    notice = _DropTorchvisionNotice()
+    registry_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        registry_logger.removeFilter(notice)
+
+
 def export_onnx(model: RecurrentClassifier, path: str | Path, *, opset: int = OPSET) -> Path:
     """Export ``model`` to exactly one ONNX file at ``path`` and verify its dynamic axes."""
     path = Path(path)
@@ -86,8 +106,10 @@ def export_onnx(model: RecurrentClassifier, path: str | Path, *, opset: int = OP
     clear_dispatch_caches()
     with tempfile.TemporaryDirectory(prefix="textclf-export-") as tmp:
         target = Path(tmp) / "model.onnx"
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _without_torchvision_notice():
             warnings.filterwarnings("ignore", message=".*axis name.*")
+            # torch's own pytree internals, not our code (torch 2.13)
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             program = torch.onnx.export(
                 wrapper,
                 sample,
