@@ -108,6 +108,9 @@ class Settings:
               or self.grpc_max_pending_requests <= self.grpc_max_pending_requests_hard_limit,
               "grpc_max_pending_requests", "must be <= grpc_max_pending_requests_hard_limit")
         check(self.length_bucket_ratio >= 1.0, "length_bucket_ratio", "must be >= 1")
+        check(not (self.repository_control and self.workers > 1), "repository_control",
+              "cannot be on with workers > 1: a load/unload RPC would reach one worker process only; "
+              "change models with poll_interval (every worker polls the repository)")
         check(self.providers in PROVIDERS, "providers", f"must be one of {', '.join(PROVIDERS)}")
         check(self.log_level in LOG_LEVELS, "log_level", f"must be one of {', '.join(LOG_LEVELS)}")
         check(bool(self.tls_cert) == bool(self.tls_key), "tls_cert", "tls_cert and tls_key must be set together")

@@ -30,6 +30,8 @@ def test_precedence_yaml_env_flags(tmp_path) -> None:
     (["--length-bucket-ratio", "0.5"], {}, "length_bucket_ratio=0.5: must be >= 1"),
     (["--tls-cert", "/nonexistent.pem"], {}, "tls_cert and tls_key must be set together"),
     (["--max-queue-size", "0", "--max-text-bytes", "0"], {}, "max_text_bytes=0"),
+    (["--workers", "2", "--repository-control"], {"TEXTCLF_CONTROL_TOKEN": "t" * 16},
+     "repository_control=True: cannot be on with workers > 1"),
 ])
 def test_invalid_settings_are_named(argv, env, message) -> None:
     with pytest.raises(SettingsError) as info:
