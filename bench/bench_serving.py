@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--client-channels", type=int, default=1,
                    help="connections per client process, callers spread over them (mode textclf-workers uses at "
                         "least min(c, 8): SO_REUSEPORT spreads connections, not calls)")
+    p.add_argument("--multi-texts", type=int, default=8,
+                   help="texts per request of mode textclf-multi (default 8)")
     p.add_argument("--client-procs", type=int, default=1,
                    help="client processes sharing a cell's concurrency (default 1: one grpc.aio process)")
     p.add_argument("--modes", nargs="+", default=list(report.MODE_LABELS), choices=list(report.MODE_LABELS))
@@ -112,7 +114,7 @@ def await_line(process: subprocess.Popen, expected: str | None = None) -> str:
 
 
 def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[str], concurrency: int,
-             args: argparse.Namespace, min_channels: int = 0) -> list[dict[str, Any]]:
+             args: argparse.Namespace, min_channels: int = 0, texts_per_request: int = 1) -> list[dict[str, Any]]:
     """One (api, length, concurrency) cell from ``client_procs`` worker processes sharing one window."""
     procs = max(1, min(args.client_procs, concurrency))
     shares = [concurrency // procs + (1 if k < concurrency % procs else 0) for k in range(procs)]
@@ -122,7 +124,7 @@ def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[st
     workers = [launch_worker(WorkerSpec(address=server.address, api=api, model=model, texts=texts,
                                         concurrency=share, seconds=args.seconds, offset=k * 7919,
                                         server_pid=server.pid, metrics_url=server.metrics_url,
-                                        channels=max(1, min(channels, share))))
+                                        channels=max(1, min(channels, share)), texts_per_request=texts_per_request))
                for k, share in enumerate(shares)]
     try:
         for worker in workers:
@@ -173,24 +175,25 @@ def run_modes_on(server: support.ServerProcess, modes: list[str], texts: dict[st
                  args: argparse.Namespace) -> list[dict[str, Any]]:
     cells: list[dict[str, Any]] = []
     for mode in modes:
-        api = "kserve" if mode == "kserve" else "kserve-triton" if mode == "kserve-triton" else "textclf"
+        api = mode if mode in ("kserve", "kserve-triton", "textclf-stream") else "textclf"
         min_channels = 8 if mode == "textclf-workers" else 0
+        per_request = args.multi_texts if mode == "textclf-multi" else 1
         for length, pool in texts.items():
             concurrencies = args.concurrency
             if mode == "kserve-triton":
                 concurrencies = args.triton_concurrency if length == "short" else []
             for concurrency in concurrencies:
-                results = run_cell(server, api, model, pool, concurrency, args, min_channels)
-                cell = report.summarize_cell(mode, length, concurrency, results)
+                results = run_cell(server, api, model, pool, concurrency, args, min_channels, per_request)
+                cell = report.summarize_cell(mode, length, concurrency, results, per_request)
                 cells.append(cell)
                 log_cell(cell)
     return cells
 
 
 def log_cell(cell: dict[str, Any]) -> None:
-    logger.info("%-16s %-5s c=%-3d %8.1f req/s  p50 %7.2f  p99 %7.2f ms  batch %s  server %s%% client %.0f%% "
-                "others %.0f%%  errors %s", cell["mode"], cell["length"], cell["concurrency"], cell["throughput_rps"],
-                cell["p50_ms"], cell["p99_ms"], f"{cell['mean_batch']:.1f}" if "mean_batch" in cell else "-",
+    logger.info("%-16s %-5s c=%-3d %8.1f req/s %8.1f texts/s  p50 %7.2f  p99 %7.2f ms  batch %s  server %s%% "
+                "client %.0f%% others %.0f%%  errors %s", cell["mode"], cell["length"], cell["concurrency"],
+                cell["throughput_rps"], cell["texts_per_s"], cell["p50_ms"], cell["p99_ms"], f"{cell['mean_batch']:.1f}" if "mean_batch" in cell else "-",
                 f"{cell['server_cpu_pct']:.0f}" if cell.get("server_cpu_pct") is not None else "?",
                 cell["client_cpu_pct"], cell["other_cpu_pct"], cell["errors"] or 0)
 

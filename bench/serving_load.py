@@ -10,13 +10,16 @@ Run by ``bench/bench_serving.py`` (never imported by the server). Protocol on st
    arrives) until ``t0 + seconds``; a request counts when it completed inside [t0, t0 + seconds];
 5. prints one JSON line with latencies, error counts and CPU / server-metric snapshots.
 
-APIs: ``textclf`` (textclf.v1 Classify), ``kserve`` (ModelInfer through raw grpc.aio stubs, the
-request messages built once), ``kserve-triton`` (ModelInfer through ``tritonclient.grpc.aio``,
-building InferInput per call as a user of that client does).
+APIs: ``textclf`` (textclf.v1 Classify, ``texts_per_request`` texts per call), ``textclf-stream``
+(textclf.v1 ClassifyStream: one long-lived stream per connection, each caller's request is one
+message on it, answered by id), ``kserve`` (ModelInfer through raw grpc.aio stubs, the request
+messages built once), ``kserve-triton`` (ModelInfer through ``tritonclient.grpc.aio``, building
+InferInput per call as a user of that client does).
 """
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -37,7 +40,7 @@ import grpc  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-APIS = ("textclf", "kserve", "kserve-triton")
+APIS = ("textclf", "textclf-stream", "kserve", "kserve-triton")
 CALL_TIMEOUT_S = 30.0
 WARMUP_CALLS = 3
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -59,6 +62,7 @@ class WorkerSpec:
     server_pid: int | None = None
     metrics_url: str | None = None
     channels: int = 1  # separate connections (several workers behind SO_REUSEPORT each take connections)
+    texts_per_request: int = 1  # textclf / textclf-stream: texts in one ClassifyRequest
 
 
 @dataclass
@@ -147,19 +151,90 @@ def scrape_metrics(url: str | None) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- callers
 
-def textclf_caller(channel: grpc.aio.Channel, spec: WorkerSpec) -> Caller:
-    from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
+async def _nothing_to_close() -> None:
+    return None
+
+
+def classify_requests(spec: WorkerSpec) -> list:
+    """One request per text: that text and the next ``texts_per_request - 1`` ones (wrapping)."""
+    from textclf_protos.textclf.v1 import textclf_pb2 as pb
+
+    n, k = len(spec.texts), spec.texts_per_request
+    return [pb.ClassifyRequest(model=spec.model, texts=[spec.texts[(j + m) % n] for m in range(k)]) for j in range(n)]
+
+
+def textclf_caller(channel: grpc.aio.Channel, spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None]]]:
+    from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
     stub = pb_grpc.TextClassifierStub(channel)
-    requests = [pb.ClassifyRequest(model=spec.model, texts=[t]) for t in spec.texts]
+    requests = classify_requests(spec)
 
     async def call(i: int) -> None:
         await stub.Classify(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
 
-    return call
+    return call, _nothing_to_close
 
 
-def kserve_caller(channel: grpc.aio.Channel, spec: WorkerSpec) -> Caller:
+class StreamMessageError(Exception):
+    """A ClassifyStream answer carrying an error instead of a response."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = grpc.StatusCode.UNKNOWN.name
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                self.code = status.name
+
+
+def textclf_stream_caller(channel: grpc.aio.Channel,
+                          spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None]]]:
+    """Callers share one ClassifyStream on ``channel``: each call writes one message and waits for
+    the response with its id (the server answers in order, at most stream_max_in_flight at once)."""
+    from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
+
+    loop = asyncio.get_running_loop()
+    requests = classify_requests(spec)
+    outbox: asyncio.Queue = asyncio.Queue()
+    waiting: dict[str, asyncio.Future] = {}
+    ids = itertools.count()
+
+    async def messages():
+        while (message := await outbox.get()) is not None:
+            yield message
+
+    stream = pb_grpc.TextClassifierStub(channel).ClassifyStream(messages())
+
+    async def read() -> None:
+        try:
+            async for answer in stream:
+                future = waiting.pop(answer.id, None)
+                if future is None or future.done():
+                    continue
+                if answer.HasField("error"):
+                    future.set_exception(StreamMessageError(answer.error.code))
+                else:
+                    future.set_result(None)
+        finally:
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("stream ended"))
+
+    reader = loop.create_task(read())
+
+    async def call(i: int) -> None:
+        ident = str(next(ids))
+        waiting[ident] = future = loop.create_future()
+        outbox.put_nowait(pb.ClassifyStreamRequest(id=ident, request=requests[i % len(requests)]))
+        await asyncio.wait_for(future, CALL_TIMEOUT_S)
+
+    async def close() -> None:
+        outbox.put_nowait(None)
+        await asyncio.wait_for(reader, CALL_TIMEOUT_S)
+
+    return call, close
+
+
+def kserve_caller(channel: grpc.aio.Channel, spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None]]]:
     from textclf_protos.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc as pb_grpc
 
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
@@ -174,7 +249,7 @@ def kserve_caller(channel: grpc.aio.Channel, spec: WorkerSpec) -> Caller:
     async def call(i: int) -> None:
         await stub.ModelInfer(requests[i % len(requests)], timeout=CALL_TIMEOUT_S)
 
-    return call
+    return call, _nothing_to_close
 
 
 def triton_caller(spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None]]]:
@@ -210,6 +285,9 @@ async def closed_loop(call: Caller, spec: WorkerSpec, t0: float) -> WorkerResult
             except grpc.aio.AioRpcError as exc:
                 ok = False
                 code = exc.code().name
+            except StreamMessageError as exc:
+                ok = False
+                code = exc.code
             except Exception as exc:  # noqa: BLE001 - tritonclient wraps errors in its own type
                 ok = False
                 code = type(exc).__name__
@@ -243,13 +321,15 @@ async def run_worker(spec: WorkerSpec) -> WorkerResult:
         channels = [grpc.aio.insecure_channel(spec.address, options=options) for _ in range(spec.channels)]
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), 30.0)
-        make = textclf_caller if spec.api == "textclf" else kserve_caller
-        calls = [make(channel, spec) for channel in channels]
+        make = {"textclf": textclf_caller, "textclf-stream": textclf_stream_caller}.get(spec.api, kserve_caller)
+        callers = [make(channel, spec) for channel in channels]
 
         async def call(i: int) -> None:
-            await calls[i % len(calls)](i)
+            await callers[i % len(callers)][0](i)
 
         async def close() -> None:
+            for _, close_caller in callers:
+                await close_caller()
             for channel in channels:
                 await channel.close()
     try:

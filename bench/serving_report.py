@@ -14,6 +14,8 @@ MODE_LABELS = {
     "kserve": "(b) KServe v2 ModelInfer (raw grpc.aio stubs), batching on",
     "kserve-triton": "(b') KServe v2 ModelInfer (tritonclient.grpc.aio), batching on",
     "textclf-nobatch": "(c) textclf.v1 Classify, batching off",
+    "textclf-multi": "(d) textclf.v1 Classify with --multi-texts texts per request (texts/s = req/s x texts)",
+    "textclf-stream": "(d') textclf.v1 ClassifyStream: one stream per connection, one text per message, c in flight",
     "textclf-workers": "(e) textclf.v1 Classify, batching on, --workers N server processes on one port",
     "grpc-floor": "(f) gRPC floor: textclf.v1 Classify on the same grpc.aio stack, fixed answer, no model",
     "grpc-floor-sync": "(f') gRPC floor on grpcio's thread-pool (sync) server, fixed answer, no model",
@@ -37,7 +39,8 @@ def _cpu(results: list[dict[str, Any]], window: float) -> dict[str, float | None
             "other_cpu_pct": 100 * other / window, "machine_busy_pct": 100 * busy / total if total else None}
 
 
-def summarize_cell(mode: str, length: str, concurrency: int, results: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_cell(mode: str, length: str, concurrency: int, results: list[dict[str, Any]],
+                   texts_per_request: int = 1) -> dict[str, Any]:
     latencies = np.concatenate([np.asarray(r["latencies_ms"], dtype=np.float64) for r in results])
     window = results[0]["window_s"]
     errors: dict[str, int] = {}
@@ -46,7 +49,8 @@ def summarize_cell(mode: str, length: str, concurrency: int, results: list[dict[
             errors[code] = errors.get(code, 0) + n
     cell: dict[str, Any] = {"mode": mode, "length": length, "concurrency": concurrency, "seconds": window,
                             "requests": int(latencies.size), "errors": errors,
-                            "throughput_rps": latencies.size / window}
+                            "throughput_rps": latencies.size / window, "texts_per_request": texts_per_request,
+                            "texts_per_s": latencies.size * texts_per_request / window}
     for q in (50, 95, 99):
         cell[f"p{q}_ms"] = float(np.percentile(latencies, q)) if latencies.size else float("nan")
     cell["mean_ms"] = float(latencies.mean()) if latencies.size else float("nan")
@@ -91,6 +95,10 @@ def ratios_and_goals(cells: list[dict[str, Any]], ceilings: dict[str, dict[str, 
             c1 = find(cells, mode, length, low)
             if c1:
                 row[f"{mode}_p50_c{low}_minus_inprocess_ms"] = c1["p50_ms"] - ceiling["single_text_p50_ms"]
+        for mode in ("textclf-multi", "textclf-stream"):
+            amortised = find(cells, mode, length, top)
+            if amortised:
+                row[f"{mode.removeprefix('textclf-')}_texts_over_ceiling"] = amortised["texts_per_s"] / ceiling["ceiling_per_s"]
         workers = find(cells, "textclf-workers", length, top)
         if workers:
             row["workers_served_over_ceiling"] = workers["throughput_rps"] / ceiling["ceiling_per_s"]
@@ -170,12 +178,13 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
 
 
 def format_table(cells: list[dict[str, Any]]) -> str:
-    header = ("| mode | texts | c | req/s | p50 ms | p95 ms | p99 ms | mean batch | queue ms | infer ms/batch "
+    header = ("| mode | texts | c | req/s | texts/s | p50 ms | p95 ms | p99 ms | mean batch | queue ms | infer ms/batch "
               "| server CPU % | client CPU % | others CPU % | errors |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for c in cells:
         errors = ", ".join(f"{k} {v}" for k, v in c["errors"].items()) or "0"
         lines.append(f"| {c['mode']} | {c['length']} | {c['concurrency']} | {_fmt(c['throughput_rps'])} "
+                     f"| {_fmt(c.get('texts_per_s', c['throughput_rps']))} "
                      f"| {_fmt(c['p50_ms'], '.2f')} | {_fmt(c['p95_ms'], '.2f')} | {_fmt(c['p99_ms'], '.2f')} "
                      f"| {_fmt(c.get('mean_batch'))} | {_fmt(c.get('queue_ms_per_text'), '.2f')} "
                      f"| {_fmt(c.get('infer_ms_per_batch'), '.2f')} | {_fmt(c.get('server_cpu_pct'), '.0f')} "
@@ -220,15 +229,15 @@ def plot(cells: list[dict[str, Any]], ceilings: dict[str, dict[str, Any]], path:
             if not rows:
                 continue
             color = f"C{index}"
-            x = [c["throughput_rps"] for c in rows]
+            x = [c.get("texts_per_s", c["throughput_rps"]) for c in rows]
             ax.plot(x, [c["p50_ms"] for c in rows], "o-", color=color, label=f"{mode} p50")
             ax.plot(x, [c["p99_ms"] for c in rows], "x--", color=color, label=f"{mode} p99")
             for c in rows:
-                ax.annotate(f"c{c['concurrency']}", (c["throughput_rps"], c["p50_ms"]), fontsize=7,
+                ax.annotate(f"c{c['concurrency']}", (c.get("texts_per_s", c["throughput_rps"]), c["p50_ms"]), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
         ax.axvline(ceilings[length]["ceiling_per_s"], color="k", linestyle=":", label="in-process ceiling")
         ax.set_yscale("log")
-        ax.set_xlabel("throughput (requests/s, 1 text each)")
+        ax.set_xlabel("throughput (texts/s; = requests/s except mode textclf-multi)")
         ax.set_ylabel("latency (ms, log)")
         ax.set_title(f"{length} texts")
         ax.grid(True, which="both", alpha=0.3)
