@@ -1,16 +1,14 @@
 """KServe v2 API end to end: a real server on 127.0.0.1 (port 0), the real tritonclient.grpc.
 
-The server runs on its own event loop in a background thread (tritonclient is a blocking
-client); models are tiny torch-free ONNX bundles (tests/support/onnx_bundle.py).
+The server runs on its own event loop in a background thread (``ServerThread`` of
+tests/service/conftest.py; tritonclient is a blocking client); models are tiny torch-free ONNX
+bundles (tests/support/onnx_bundle.py).
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import queue
-import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -19,8 +17,8 @@ import tritonclient.grpc as triton
 from google.protobuf import descriptor_pb2
 from tritonclient.utils import InferenceServerException
 
-from service.server import App, create_app
 from service.settings import Settings
+from tests.service.conftest import ServerThread
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
 from textclf_protos.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc
 from textclf_protos.textclf.v1 import textclf_pb2, textclf_pb2_grpc
@@ -29,29 +27,6 @@ CONTROL_TOKEN = "kserve-tests-control-token"
 AUTHORIZED = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 TEXTS = ["shares of the bank rose as the market rallied", "the striker scored twice", "",
          "a new phone with a faster chip 🙂", "ünïcödé and \u202eright-to-left"]
-
-
-class ServerThread:
-    """A started App on a private event loop in a daemon thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="kserve-test-server", daemon=True)
-        self.thread.start()
-        self.app: App = self.run(create_app(settings))
-        self.run(self.app.start())
-        self.address = f"127.0.0.1:{self.app.port}"
-
-    def run(self, coroutine, timeout: float = 60.0):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        try:
-            self.run(self.app.stop(grace=1.0))
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(timeout=30)
-            self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +42,9 @@ def server(repo) -> Iterator[ServerThread]:
     settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, model_repository=str(repo["root"]),
                         providers="cpu", max_queue_delay_ms=1.0, repository_control=True,
                         control_token=CONTROL_TOKEN).validate()
-    running = ServerThread(settings)
+    running = ServerThread(settings).start()
     yield running
-    running.close()
+    running.stop(grace=1.0)
 
 
 @pytest.fixture(scope="module")

@@ -56,11 +56,13 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def stop(self, grace: float = 1.0) -> None:
-        if self.app is not None:
-            self.call(self.app.stop(grace))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
+        try:
+            if self.app is not None:
+                self.call(self.app.stop(grace))
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
 
     @property
     def address(self) -> str:
