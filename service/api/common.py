@@ -139,6 +139,24 @@ def record(metrics: Any, call: CallInfo, code: grpc.StatusCode, seconds: float) 
     metrics.observe_request(call.api, call.model, call.version, code.name, seconds)
 
 
+async def answer_in_stream(metrics: Any, api: str, handle: Callable[[CallInfo], Awaitable[T]],
+                           answer_error: Callable[[grpc.StatusCode, str], T]) -> T:
+    """One message of a stream: ``handle(call)``, recorded under its own request metric ``api``.
+    A failure is answered in place with ``answer_error(code, message)`` and the stream goes on; a
+    cancellation (the stream ended) is recorded as CANCELLED and propagates."""
+    call, start, code = CallInfo(api), time.perf_counter(), grpc.StatusCode.OK
+    try:
+        return await handle(call)
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as exc:  # noqa: BLE001 - one message's failure must not end the stream
+        code, message = status_of(exc)
+        return answer_error(code, message)
+    finally:
+        record(metrics, call, code, time.perf_counter() - start)
+
+
 async def _fail(metrics: Any, call: CallInfo, context: grpc.aio.ServicerContext, exc: BaseException,
                 start: float) -> None:
     """Record the request metric, then send the mapped status (the metric is recorded first so a

@@ -6,7 +6,6 @@ Thin: proto -> ``InferenceCore`` -> proto. Tensor decoding and encoding live in
 """
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import logging
 import time
@@ -15,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from service.api import kserve_codec as codec
-from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
+from service.api.common import CallInfo, add_servicer, answer_in_stream, deadline_of, stream, unary
 from service.api.streams import ordered_concurrently
 from service.api.kserve_config import PLATFORM, model_config
 from service.api.kserve_stats import InferenceStatistics
@@ -141,17 +140,13 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             yield response
 
     async def _stream_one(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelStreamInferResponse:
-        call, start, code = CallInfo(f"{API}.ModelStreamInfer.message"), time.perf_counter(), grpc.StatusCode.OK
-        try:
+        async def infer(call: CallInfo) -> pb.ModelStreamInferResponse:
             return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline, call))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:  # noqa: BLE001 - one message's failure must not end the stream
-            code, message = status_of(exc)
-            return pb.ModelStreamInferResponse(error_message=message, infer_response=pb.ModelInferResponse(id=request.id))
-        finally:
-            record(self.core.metrics, call, code, time.perf_counter() - start)
+
+        return await answer_in_stream(
+            self.core.metrics, f"{API}.ModelStreamInfer.message", infer,
+            lambda code, message: pb.ModelStreamInferResponse(error_message=message,
+                                                              infer_response=pb.ModelInferResponse(id=request.id)))
 
     @unary(f"{API}.ModelStatistics")
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context,

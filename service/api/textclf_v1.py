@@ -1,13 +1,12 @@
 """The textclf.v1.TextClassifier servicer: proto -> InferenceCore -> proto, nothing else."""
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
 from service.api import textclf_codec as codec
-from service.api.common import CallInfo, add_servicer, deadline_of, record, status_of, stream, unary
+from service.api.common import CallInfo, add_servicer, answer_in_stream, deadline_of, stream, unary
 from service.api.streams import ordered_concurrently
 from service.core import InferenceCore
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
@@ -44,16 +43,14 @@ class TextClassifierServicer(pb_grpc.TextClassifierServicer):
 
     def _stream_one(self, deadline: float | None):
         async def handle(message: pb.ClassifyStreamRequest) -> pb.ClassifyStreamResponse:
-            call = CallInfo(f"{API}.ClassifyStream.message")
-            start = asyncio.get_running_loop().time()
-            try:
-                response = await self._classify(message.request, deadline, call)
-            except Exception as exc:  # noqa: BLE001 - answered in place, the stream goes on
-                code, text = status_of(exc)
-                record(self.core.metrics, call, code, asyncio.get_running_loop().time() - start)
-                return pb.ClassifyStreamResponse(id=message.id, error=pb.Error(code=code.value[0], message=text))
-            record(self.core.metrics, call, grpc.StatusCode.OK, asyncio.get_running_loop().time() - start)
-            return pb.ClassifyStreamResponse(id=message.id, response=response)
+            async def classify(call: CallInfo) -> pb.ClassifyStreamResponse:
+                return pb.ClassifyStreamResponse(id=message.id,
+                                                 response=await self._classify(message.request, deadline, call))
+
+            return await answer_in_stream(
+                self.core.metrics, f"{API}.ClassifyStream.message", classify,
+                lambda code, text: pb.ClassifyStreamResponse(id=message.id,
+                                                             error=pb.Error(code=code.value[0], message=text)))
 
         return handle
 
