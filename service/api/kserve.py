@@ -84,12 +84,12 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context, call: CallInfo) -> pb.ModelMetadataResponse:
         model = self._model(request.name, request.version, call)
         tensor = pb.ModelMetadataResponse.TensorMetadata
+        inputs, outputs = codec.tensor_layout(len(model.labels))
         return pb.ModelMetadataResponse(
             name=model.name, platform=PLATFORM,
             versions=[str(v) for v in self.core.model_versions(model.name)],
-            inputs=[tensor(name=codec.TEXT_INPUT, datatype=codec.BYTES, shape=[-1])],
-            outputs=[tensor(name=codec.PROBABILITIES_OUTPUT, datatype=codec.FP32, shape=[-1, len(model.labels)]),
-                     tensor(name=codec.LABEL_OUTPUT, datatype=codec.BYTES, shape=[-1])])
+            inputs=[tensor(name=name, datatype=datatype, shape=shape) for name, datatype, shape in inputs],
+            outputs=[tensor(name=name, datatype=datatype, shape=shape) for name, datatype, shape in outputs])
 
     @unary(f"{API}.ModelConfig")
     async def ModelConfig(self, request: pb.ModelConfigRequest, context, call: CallInfo) -> pb.ModelConfigResponse:

@@ -35,6 +35,13 @@ OUTPUT_NAMES: tuple[str, ...] = (PROBABILITIES_OUTPUT, LABEL_OUTPUT)
 BYTES = "BYTES"
 FP32 = "FP32"
 
+
+def tensor_layout(num_labels: int) -> tuple[list[tuple[str, str, list[int]]], list[tuple[str, str, list[int]]]]:
+    """The model's tensors as (name, datatype, shape) inputs and outputs, -1 = any size: the one
+    description ModelMetadata and ModelConfig both answer."""
+    return ([(TEXT_INPUT, BYTES, [-1])],
+            [(PROBABILITIES_OUTPUT, FP32, [-1, num_labels]), (LABEL_OUTPUT, BYTES, [-1])])
+
 # Request-level parameters with a meaning here; any other key is accepted and ignored, as Triton
 # forwards unknown parameters to the model and ours take none.
 PARAM_BINARY_OUTPUT = "binary_data_output"  # bool, default true

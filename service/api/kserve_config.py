@@ -1,9 +1,9 @@
 """Triton's ModelConfig for a loaded model: what ``tritonclient``'s ``get_model_config`` (and
 Triton tooling that reads a model's configuration) sees. Pure: values in, message out.
 
-The tensors are described as in ModelMetadata: ``max_batch_size`` 0 with the batch as the
-tensor's own first dimension (``TEXT`` is BYTES ``[-1]``), because one request carries any
-number of texts up to ``max_texts_per_request``. The server's own dynamic batcher (across
+The tensors are ModelMetadata's (``kserve_codec.tensor_layout``): ``max_batch_size`` 0 with the
+batch as the tensor's own first dimension (``TEXT`` is BYTES ``[-1]``), because one request
+carries any number of texts up to ``max_texts_per_request``. The server's own dynamic batcher (across
 requests) is described by ``dynamic_batching``; limits Triton's schema has no field for are
 string ``parameters``.
 """
@@ -20,6 +20,7 @@ from textclf_protos.inference import grpc_service_pb2 as pb
 
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
+CONFIG_TYPES = {codec.BYTES: pb.TYPE_STRING, codec.FP32: pb.TYPE_FP32}  # KServe datatype -> Triton DataType
 
 
 def version_policy(settings: Settings) -> pb.ModelVersionPolicy:
@@ -30,12 +31,13 @@ def version_policy(settings: Settings) -> pb.ModelVersionPolicy:
 
 def model_config(model: LoadedModel, settings: Settings) -> pb.ModelConfig:
     providers = model.runtime.providers
+    inputs, outputs = codec.tensor_layout(len(model.labels))
     config = pb.ModelConfig(
         name=model.name, platform=PLATFORM, backend=BACKEND, version_policy=version_policy(settings),
         max_batch_size=0, default_model_filename=MODEL_FILE,
-        input=[pb.ModelInput(name=codec.TEXT_INPUT, data_type=pb.TYPE_STRING, dims=[-1])],
-        output=[pb.ModelOutput(name=codec.PROBABILITIES_OUTPUT, data_type=pb.TYPE_FP32, dims=[-1, len(model.labels)]),
-                pb.ModelOutput(name=codec.LABEL_OUTPUT, data_type=pb.TYPE_STRING, dims=[-1])],
+        input=[pb.ModelInput(name=name, data_type=CONFIG_TYPES[datatype], dims=shape) for name, datatype, shape in inputs],
+        output=[pb.ModelOutput(name=name, data_type=CONFIG_TYPES[datatype], dims=shape)
+                for name, datatype, shape in outputs],
         instance_group=[pb.ModelInstanceGroup(
             name=f"{model.name}_0", count=settings.inference_workers,
             kind=pb.ModelInstanceGroup.KIND_GPU if CUDA in providers else pb.ModelInstanceGroup.KIND_CPU)],
