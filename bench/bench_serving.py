@@ -114,7 +114,8 @@ def await_line(process: subprocess.Popen, expected: str | None = None) -> str:
 
 
 def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[str], concurrency: int,
-             args: argparse.Namespace, min_channels: int = 0, texts_per_request: int = 1) -> list[dict[str, Any]]:
+             args: argparse.Namespace, min_channels: int = 0, texts_per_request: int = 1,
+             text_dims: int = 1) -> list[dict[str, Any]]:
     """One (api, length, concurrency) cell from ``client_procs`` worker processes sharing one window."""
     procs = max(1, min(args.client_procs, concurrency))
     shares = [concurrency // procs + (1 if k < concurrency % procs else 0) for k in range(procs)]
@@ -124,7 +125,8 @@ def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[st
     workers = [launch_worker(WorkerSpec(address=server.address, api=api, model=model, texts=texts,
                                         concurrency=share, seconds=args.seconds, offset=k * 7919,
                                         server_pid=server.pid, metrics_url=server.metrics_url,
-                                        channels=max(1, min(channels, share)), texts_per_request=texts_per_request))
+                                        channels=max(1, min(channels, share)), texts_per_request=texts_per_request,
+                                        text_dims=text_dims))
                for k, share in enumerate(shares)]
     try:
         for worker in workers:

@@ -63,6 +63,7 @@ class WorkerSpec:
     metrics_url: str | None = None
     channels: int = 1  # separate connections (several workers behind SO_REUSEPORT each take connections)
     texts_per_request: int = 1  # textclf / textclf-stream: texts in one ClassifyRequest
+    text_dims: int = 1  # kserve-triton: TEXT as [1] or [1, 1] (PyTriton accepts only [N, 1])
 
 
 @dataclass
@@ -105,13 +106,23 @@ def _children(pid: int) -> list[int]:
     return children
 
 
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], _children(pid)
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(_children(child))
+    return found
+
+
 def process_cpu_seconds(pid: int) -> float | None:
-    """utime + stime of ``pid``, its threads and its live child processes (the workers of a
-    multi-worker supervisor) from /proc (None when unreadable)."""
+    """utime + stime of ``pid``, its threads and its live descendant processes (the workers of a
+    multi-worker supervisor; tritonserver and its stubs under PyTriton) from /proc (None when
+    unreadable)."""
     own = _own_cpu_seconds(pid)
     if own is None:
         return None
-    return own + sum(_own_cpu_seconds(child) or 0.0 for child in _children(pid))
+    return own + sum(_own_cpu_seconds(child) or 0.0 for child in _descendants(pid))
 
 
 def machine_cpu_seconds() -> tuple[float, float]:
@@ -257,10 +268,11 @@ def triton_caller(spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None
     import tritonclient.grpc.aio as triton
 
     client = triton.InferenceServerClient(spec.address)
-    arrays = [np.array([t.encode()], dtype=np.object_) for t in spec.texts]
+    shape = [1] * spec.text_dims
+    arrays = [np.array([t.encode()], dtype=np.object_).reshape(shape) for t in spec.texts]
 
     async def call(i: int) -> None:
-        text = triton.InferInput("TEXT", [1], "BYTES")
+        text = triton.InferInput("TEXT", shape, "BYTES")
         text.set_data_from_numpy(arrays[i % len(arrays)])
         await client.infer(spec.model, [text], client_timeout=CALL_TIMEOUT_S)
 
