@@ -156,11 +156,17 @@ def start(kind: ServerKind, bundle: support.Bundle, args: argparse.Namespace, lo
     return server
 
 
-def _group_members(pgid: int) -> list[int]:
+ORPHAN_GRACE_S = 5.0
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that are not zombies (a zombie re-parented to PID 1,
+    e.g. a multiprocessing resource tracker of PyTriton's stub, is already gone but for its entry)."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(stat.parent.name))
         except (OSError, ValueError, IndexError):
             continue
@@ -169,9 +175,12 @@ def _group_members(pgid: int) -> list[int]:
 
 def stop(server: support.ServerProcess) -> int:
     """SIGTERM (PyTriton's launcher maps it to SIGINT), then kill whatever is left of the server's
-    process group. Returns how many processes were left behind (0 for a clean shutdown)."""
+    process group ORPHAN_GRACE_S after the server process exited. Returns how many processes were
+    left behind (0 for a clean shutdown)."""
     server.stop()
-    left = _group_members(server.pid)
+    deadline = time.monotonic() + ORPHAN_GRACE_S
+    while (left := _live_group_members(server.pid)) and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling /proc for the last children to exit
     if left:
         logger.warning("%s left %d process(es) behind after SIGTERM: killing them", server.command[1], len(left))
         try:
