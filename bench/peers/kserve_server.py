@@ -12,10 +12,10 @@ here (loopback only, as every server of this benchmark).
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
+import types
 import uuid
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from kserve import InferOutput, InferRequest, InferResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_model import BundleModel, decode_texts  # noqa: E402
+from launch_args import launcher_parser  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
@@ -57,6 +58,13 @@ class TextclfModel(kserve.Model):
                              infer_outputs=outputs)
 
 
+def _module_with(module: types.ModuleType, **overrides) -> types.ModuleType:
+    """A copy of ``module`` with some attributes replaced (for one importer's name only)."""
+    copy = types.ModuleType(module.__name__)
+    copy.__dict__.update(vars(module), **overrides)
+    return copy
+
+
 def _loopback_listeners() -> None:
     """KServe hard-codes ``[::]`` (gRPC) and ``0.0.0.0`` (REST): bind both to 127.0.0.1 instead."""
     aio_server = kserve_grpc_server.aio.server
@@ -67,7 +75,7 @@ def _loopback_listeners() -> None:
         grpc_server.add_insecure_port = lambda address: add_port(address.replace("[::]", LOOPBACK))
         return grpc_server
 
-    kserve_grpc_server.aio = type("aio", (), {"server": staticmethod(server)})
+    kserve_grpc_server.aio = _module_with(kserve_grpc_server.aio, server=server)
     uvicorn_config = kserve_rest_server.uvicorn.Config
 
     class LoopbackConfig(uvicorn_config):  # type: ignore[misc, valid-type]
@@ -75,17 +83,11 @@ def _loopback_listeners() -> None:
             kwargs["host"] = LOOPBACK
             super().__init__(*args, **kwargs)
 
-    kserve_rest_server.uvicorn = type("uvicorn", (), {"Config": LoopbackConfig})
+    kserve_rest_server.uvicorn = _module_with(kserve_rest_server.uvicorn, Config=LoopbackConfig)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--metrics-port", type=int, help="unused: KServe serves /metrics on the HTTP port")
-    p.add_argument("--workdir", help="unused")
+    p = launcher_parser(__doc__)
     args = p.parse_args()
     _loopback_listeners()
     model = TextclfModel(args.model, args.bundle)

@@ -7,24 +7,19 @@ Adaptive batching: ``max_batch_size`` / ``max_batch_time`` (``--max-batch-size 1
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
+from launch_args import launcher_parser
+
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--bundle", type=Path, required=True, help="<repository>/<name>/<version>")
-    p.add_argument("--model", required=True)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--metrics-port", type=int, required=True)
-    p.add_argument("--workdir", type=Path, required=True)
+    p = launcher_parser(__doc__)
     p.add_argument("--max-batch-size", type=int, default=64, help="1 = adaptive batching off")
     p.add_argument("--max-batch-time-ms", type=float, default=5.0)
     args = p.parse_args()

@@ -14,7 +14,6 @@ Two facts of this setup (docs/benchmarks.md, peers):
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -29,18 +28,13 @@ from pytriton.triton import Triton, TritonConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_model import BundleModel, decode_texts  # noqa: E402
+from launch_args import launcher_parser  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--grpc-port", type=int, required=True)
-    p.add_argument("--http-port", type=int, required=True)
-    p.add_argument("--metrics-port", type=int, required=True)
-    p.add_argument("--workdir", type=Path, required=True, help="PyTriton's workspace")
+    p = launcher_parser(__doc__)
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=100)
     args = p.parse_args()
