@@ -40,7 +40,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root / "models", texts
 
 
-def run_bench(repository: tuple[Path, Path], output: Path, servers: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
+def run_bench(repository: tuple[Path, Path], output: Path,
+              servers: list[str]) -> tuple[subprocess.CompletedProcess, dict]:
     models, texts = repository
     run = subprocess.run(
         [sys.executable, "bench/peers/bench_peers.py", "--quick", "--model-repository", str(models),

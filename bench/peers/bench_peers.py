@@ -193,8 +193,8 @@ def stop(server: support.ServerProcess) -> int:
 # ----------------------------------------------------------------------------- one run
 
 def run_one(kind: ServerKind, position: int, length: str, concurrency: int, pool: list[str],
-            bundle: support.Bundle, references: dict[str, agreement.Answers], args: argparse.Namespace,
-            log_dir: Path) -> dict[str, Any]:
+            bundle: support.Bundle, references: dict[str, tuple[str, agreement.Answers]],
+            args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     record: dict[str, Any] = {"server": kind.name, "position": position, "length": length,
                               "concurrency": concurrency}
     began = time.monotonic()
@@ -206,8 +206,8 @@ def run_one(kind: ServerKind, position: int, length: str, concurrency: int, pool
     record["start_s"] = time.monotonic() - began
     try:
         answers = agreement.fetch_answers(server.address, bundle.name, pool, TEXT_DIMS)
-        reference = references.setdefault(length, answers)
-        check = agreement.compare(reference, answers)
+        reference_server, reference = references.setdefault(length, (kind.name, answers))
+        check = {**agreement.compare(reference, answers), "reference": reference_server}
         results = bench_serving.run_cell(server, "kserve-triton", bundle.name, pool, concurrency, args,
                                          text_dims=TEXT_DIMS)
         cell = serving_report.summarize_cell(kind.name, length, concurrency, results)
@@ -246,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                 " -> ".join(order), args.seconds, args.warmup)
     info = bench_serving.machine_info()
     runs: list[dict[str, Any]] = []
-    references: dict[str, agreement.Answers] = {}
+    # per length: the first answers (textclf's first run, when textclf runs) every run is compared with
+    references: dict[str, tuple[str, agreement.Answers]] = {}
     with tempfile.TemporaryDirectory(prefix="textclf-peers-") as tmp:
         for length in args.lengths:
             for concurrency in args.concurrency:

@@ -27,6 +27,7 @@ REQUIREMENTS = Path(__file__).resolve().parent / "requirements"
 VENVS = ROOT / ".peers"
 PEERS = ("mlserver", "kserve", "pytriton")
 STAMP = ".textclf-peer-lock"
+BOOTSTRAP = {"pip", "setuptools", "wheel"}  # what `python -m venv` puts into every venv
 # torch, its CUDA wheels and the CUDA runtime libraries must never be pulled by a peer (CPU benchmark)
 FORBIDDEN = re.compile(r"^(torch|torchvision|torchaudio|triton|nvidia-(cuda|cudnn|cublas|cufft|curand|cusolver|"
                        r"cusparse|nccl|nvjitlink|nvtx)[a-z0-9-]*|cupy[a-z0-9-]*)$")
@@ -85,14 +86,23 @@ def ensure(peer: str) -> Path:
                 lock_path(peer).relative_to(ROOT))
     subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
                     "-r", str(lock_path(peer))], check=True)
+    installed = _installed(python)
+    extra = sorted(set(installed) - set(locked_packages(peer)) - BOOTSTRAP)
+    if extra:  # left over from an older lock file: the venv holds exactly the lock
+        logger.info("%s: removing %s (not in the lock file)", peer, " ".join(extra))
+        subprocess.run([python, "-m", "pip", "uninstall", "-q", "-y", *extra], check=True)
     subprocess.run([python, "-m", "pip", "check"], check=True)
-    installed = json.loads(subprocess.run([python, "-m", "pip", "list", "--format", "json"], check=True,
-                                          capture_output=True, text=True).stdout)
-    bad = forbidden_packages([p["name"] for p in installed])
+    bad = forbidden_packages(_installed(python))
     if bad:
         raise RuntimeError(f"the {peer} venv holds torch/CUDA packages: {bad}")
     (VENVS / peer / STAMP).write_text(_digest(peer) + "\n")
     return venv_python(peer)
+
+
+def _installed(python: str) -> list[str]:
+    listing = json.loads(subprocess.run([python, "-m", "pip", "list", "--format", "json"], check=True,
+                                        capture_output=True, text=True).stdout)
+    return [p["name"].lower().replace("_", "-") for p in listing]
 
 
 def relock(peer: str) -> None:
