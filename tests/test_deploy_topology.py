@@ -33,11 +33,10 @@ from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from client.client import ClassifyResult, TextclfClient, channel_options, classify_request, retry_service_config
 from service.healthcheck import check as health_check
-from tests.support.deploy_env import REPO, compose_service, env_of, require_tools
+from tests.support.deploy_env import REPO, compose_service, env_of, ok_requests, require_tools
 from tests.support.onnx_bundle import make_onnx_bundle
 from tests.support.service_process import free_port
 from textclf_protos.textclf.v1 import textclf_pb2_grpc
@@ -163,13 +162,7 @@ class Replica:
 
     def ok_requests(self) -> float:
         """Successful requests this replica counted (its own /metrics; resets on restart)."""
-        text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            if family.name == "textclf_requests":
-                total += sum(s.value for s in family.samples
-                             if s.name == "textclf_requests_total" and s.labels.get("code") == "OK")
-        return total
+        return ok_requests(self.metrics_port)
 
 
 @dataclass
