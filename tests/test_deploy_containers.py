@@ -25,13 +25,11 @@ import socket
 import subprocess
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -45,6 +43,7 @@ from tests.support.deploy_env import (COMPOSE_FILE, REPO, compose_env, compose_s
                                       ok_requests)
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
 from tests.support.service_process import READY_LINE, free_port
+from tests.support.traffic import Traffic, wait_for
 from tests.test_deploy_topology import nginx_failovers
 
 logger = logging.getLogger(__name__)
@@ -78,21 +77,6 @@ class _MeasurementsReport:
 def _report_measurements(request: pytest.FixtureRequest) -> None:
     if not request.config.pluginmanager.has_plugin("textclf-deploy-measurements"):
         request.config.pluginmanager.register(_MeasurementsReport(), "textclf-deploy-measurements")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``condition`` until truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - polled conditions fail until they pass
-            last = exc
-        threading.Event().wait(interval)  # poll pacing, not synchronisation
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last!r})")
 
 
 def port_free(port: int) -> bool:
@@ -255,60 +239,17 @@ def test_health_check_turns_healthy(serving: ServingContainer) -> None:
     assert "service.healthcheck" in " ".join(probe), probe
 
 
-@dataclass
-class Traffic:
-    """Closed-loop Classify calls from a few threads with our client's normal API; outcomes counted."""
-
-    address: str
-    threads: int = 4
-    outcomes: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    @property
-    def completed(self) -> int:
-        with self._lock:
-            return sum(self.outcomes.values())
-
-    def _run(self, worker: int, client: TextclfClient) -> None:
-        i = 0
-        while not self._stop.is_set():
-            texts = [TEXTS[(worker + i) % len(TEXTS)]] * (1 + i % 8)
-            i += 1
-            try:
-                result = client.classify(texts, MODEL, timeout=20.0)
-                outcome = "OK" if len(result.predictions) == len(texts) else "WRONG_ANSWER"
-            except grpc.RpcError as exc:
-                outcome = exc.code().name
-                with self._lock:
-                    self.failures.append(f"{time.strftime('%H:%M:%S')} {outcome}: {exc.details()}")
-            with self._lock:
-                self.outcomes[outcome] += 1
-
-    def start(self) -> None:
-        for worker in range(self.threads):
-            client = TextclfClient(self.address)
-            thread = threading.Thread(target=self._run, args=(worker, client), daemon=True, name=f"traffic-{worker}")
-            thread.start()
-            self._workers.append(thread)
-
-    def wait_more(self, calls: int, what: str, timeout: float = 60.0) -> None:
-        target = self.completed + calls
-        wait_for(lambda: self.completed >= target, timeout, f"{calls} more client calls {what}")
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._workers:
-            thread.join(timeout=30)
+def client_traffic(client: TextclfClient) -> Traffic:
+    """Closed-loop Classify calls (1-8 texts) from 4 threads with our client's normal API."""
+    return Traffic(lambda texts: len(client.classify(texts, MODEL, timeout=20.0).predictions), TEXTS, max_texts=8)
 
 
 def test_sigterm_drains_within_stop_grace_period(serving: ServingContainer) -> None:
     """Last test of the single container: `docker stop` (SIGTERM, then SIGKILL after compose's
     stop_grace_period) with calls in flight ends in a clean exit 0 well before the SIGKILL."""
     grace = stop_grace_seconds()
-    traffic = Traffic(serving.address)
+    client = TextclfClient(serving.address)
+    traffic = client_traffic(client)
     traffic.start()
     try:
         traffic.wait_more(50, "before SIGTERM")
@@ -317,6 +258,7 @@ def test_sigterm_drains_within_stop_grace_period(serving: ServingContainer) -> N
         took = time.monotonic() - started
     finally:
         traffic.stop()
+        client.close()
     state = serving.engine.inspect("container", serving.name)["State"]
     logs = serving.engine.logs(serving.name, tail=20)
     measured(f"SIGTERM to exit {took:.1f} s with calls in flight (stop_grace_period {grace:.0f} s); "
@@ -466,7 +408,8 @@ def test_compose_stack_survives_sigkill_of_a_replica(stack: Stack) -> None:
     replicas = stack.replicas()
     assert all(stack.engine.health(r) == "healthy" for r in replicas)
     victim = replicas[0]
-    traffic = Traffic(stack.nginx_address)
+    client = TextclfClient(stack.nginx_address)
+    traffic = client_traffic(client)
     traffic.start()
     try:
         traffic.wait_more(200, "through nginx before the kill")
@@ -488,6 +431,7 @@ def test_compose_stack_survives_sigkill_of_a_replica(stack: Stack) -> None:
         traffic.wait_more(200, "after the restart")
     finally:
         traffic.stop()
+        client.close()
     access_log = stack.work / "nginx-access.log"
     access_log.write_text("\n".join(line.split("| ", 1)[-1] for line in stack.nginx_log().splitlines()),
                           encoding="utf-8")
