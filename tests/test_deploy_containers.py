@@ -44,15 +44,12 @@ from tests.support.deploy_env import (COMPOSE_FILE, REPO, compose_env, compose_s
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
 from tests.support.service_process import READY_LINE, free_port
 from tests.support.traffic import Traffic, wait_for
-from tests.test_deploy_topology import nginx_failovers
+from tests.test_deploy_topology import MODEL, TEXTS, nginx_failovers
 
 logger = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.timeout(900)
 
-MODEL = "news"
-TEXTS = ["the market rallied as shares of the bank rose", "the striker scored twice",
-         "a new phone with a faster chip", "investors expect the central bank to raise rates"]
 READY_TIMEOUT_S = 60.0
 MEASUREMENTS: list[str] = []
 
