@@ -11,7 +11,8 @@ docker.io, starts dockerd and builds a local Debian base image, since no registr
   with calls in flight;
 * docker-compose.yml itself runs: the ``textclf`` replicas and ``nginx`` with a test override
   that only swaps in the locally built images and host networking (see ``compose_override``),
-  and a replica SIGKILLed under traffic through nginx costs no client call.
+  and a replica SIGKILLed under traffic through nginx costs no client call; no network is
+  created (Docker's network events are checked), so no bridge and no address outside 127/8.
 
 Where no engine can run, every test here skips with one line saying why. Sizes and times are
 printed at the end of the session (``deployment measurements``).
@@ -305,6 +306,9 @@ def compose_override(grpc_listen: int, status_listen: int, replica_port: int) ->
                                 "NGINX_STATUS_LISTEN": f"127.0.0.1:{status_listen}",
                                 "TEXTCLF_UPSTREAM_SERVERS": server_line},
             },
+            # not started, but on the default network compose would create a bridge for them
+            "model-init": {"network_mode": "host"},
+            "prometheus": {"network_mode": "host"},
         },
     }
 
@@ -317,6 +321,7 @@ class Stack:
     nginx_address: str
     status_url: str
     work: Path
+    since: str = ""  # engine time at `up`, for `docker events --since`
 
     def compose(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         argv = ["docker-compose", "--project-name", self.project, "--project-directory", str(REPO)]
@@ -334,13 +339,18 @@ class Stack:
         return self.compose("logs", "--no-color", "nginx").stdout
 
 
-def _without_published_ports(resolved: str, path: Path) -> Path:
-    """The override merged into docker-compose.yml (``docker-compose config``), minus ``ports``.
+def _resolved_for_host_network(resolved: str, path: Path) -> Path:
+    """The override merged into docker-compose.yml (``docker-compose config``), written out with
+    two consequences of host networking that an override cannot express:
 
-    Docker publishes no ports for a host-networked container (the container's ports are the
-    host's), and docker-compose 1.x refuses the combination instead of ignoring it; an override
-    cannot remove a list entry (compose concatenates ``ports``), so the merged file drops them."""
+    * no ``ports``: Docker publishes nothing for a host-networked container (its ports are the
+      host's), and docker-compose 1.x refuses the combination instead of ignoring it; an
+      override cannot remove list entries (compose concatenates ``ports``);
+    * no services of profiles that are not enabled (``textclf-gpu``): compose would not start
+      them, but docker-compose 1.x still creates the bridge network they name."""
     config = yaml.safe_load(resolved)
+    config["services"] = {name: service for name, service in config["services"].items()
+                          if not service.get("profiles")}
     for service in config["services"].values():
         if service.get("network_mode") == "host":
             service.pop("ports", None)
@@ -379,10 +389,11 @@ def stack(engine: Engine, serve_image: str, bundle: TinyBundle,
                         encoding="utf-8")
     project = f"textclftest{os.getpid()}"
     merged = Stack(engine, project, [COMPOSE_FILE, override], "", "", work).compose("config").stdout
-    stack = Stack(engine, project, [_without_published_ports(merged, work / "docker-compose.resolved.yml")],
+    stack = Stack(engine, project, [_resolved_for_host_network(merged, work / "docker-compose.resolved.yml")],
                   f"127.0.0.1:{grpc_listen}", f"http://127.0.0.1:{status_listen}/healthz", work)
     try:
         _populate_models_volume(engine, f"{project}_models", bundle.path.parent.parent)
+        stack.since = str(int(time.time()) - 1)
         started = time.monotonic()
         # model-init (the torch training image) is replaced by the populated volume; compose
         # still waits for the replicas' health checks before it starts nginx (depends_on).
@@ -432,6 +443,10 @@ def test_compose_stack_survives_sigkill_of_a_replica(stack: Stack) -> None:
     access_log = stack.work / "nginx-access.log"
     access_log.write_text("\n".join(line.split("| ", 1)[-1] for line in stack.nginx_log().splitlines()),
                           encoding="utf-8")
+    created = stack.engine.run("events", "--since", stack.since, "--until", str(int(time.time()) + 1),
+                               "--filter", "type=network", "--filter", "event=create",
+                               "--format", "{{.Actor.Attributes.name}} {{.Actor.Attributes.type}}").stdout.split("\n")
+    assert [line for line in created if line.strip()] == [], f"the stack created networks: {created}"
     resent, retried = nginx_failovers(access_log)
     measured(f"compose SIGKILL of 1 of {len(replicas)} replicas under traffic: client outcomes "
              f"{dict(traffic.outcomes)}; nginx re-sent {resent} calls, {retried} attempts failed at nginx "
