@@ -2,9 +2,14 @@
 # Installs the Debian tools the deployment tests drive for real: nginx (gRPC load balancer),
 # prometheus + promtool (scraping, rule checks) and docker-compose (compose file validation,
 # no engine needed). Idempotent: does nothing when all of them are already on PATH.
+# Then scripts/install_container_engine.sh: docker.io + dockerd + the local base image for the
+# image tests (tests/test_deploy_containers.py), equally idempotent.
 # Non-interactive; needs root (or sudo without a password). Exit status 0 when every tool is
 # present afterwards, 1 otherwise (the tests then skip with this script's message).
 set -uo pipefail
+
+engine_status=0
+bash "$(dirname "$0")/install_container_engine.sh" || engine_status=1
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
@@ -12,7 +17,7 @@ command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+  exit $engine_status
 fi
 # de-duplicate
 mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
@@ -47,4 +52,4 @@ if [ ${#missing[@]} -ne 0 ]; then
   echo "install_test_deps: still missing after apt-get: ${missing[*]}" >&2
   exit 1
 fi
-exit 0
+exit $engine_status

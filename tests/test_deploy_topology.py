@@ -20,26 +20,23 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from client.client import ClassifyResult, TextclfClient, channel_options, classify_request, retry_service_config
+from client.client import TextclfClient, channel_options, classify_request, retry_service_config
 from service.healthcheck import check as health_check
-from tests.support.deploy_env import REPO, compose_service, env_of, require_tools
+from tests.support.deploy_env import REPO, compose_service, env_of, ok_requests, require_tools
 from tests.support.onnx_bundle import make_onnx_bundle
 from tests.support.service_process import free_port
+from tests.support.traffic import Traffic, wait_for
 from textclf_protos.textclf.v1 import textclf_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -67,25 +64,6 @@ def deploy_channel(address: str) -> grpc.Channel:
 
 
 # ------------------------------------------------------------------------------ plumbing
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05,
-             alive: Callable[[], None] | None = None) -> Any:
-    """Poll ``condition`` until it returns a truthy value or ``timeout`` passes (then fail)."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        if alive is not None:
-            alive()
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - polled conditions fail until they pass
-            last_error = exc
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error!r})")
-        threading.Event().wait(interval)  # poll pacing, not synchronisation
-
-
 def http_get(url: str, timeout: float = 2.0) -> str:
     with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
         return response.read().decode("utf-8")
@@ -163,13 +141,7 @@ class Replica:
 
     def ok_requests(self) -> float:
         """Successful requests this replica counted (its own /metrics; resets on restart)."""
-        text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            if family.name == "textclf_requests":
-                total += sum(s.value for s in family.samples
-                             if s.name == "textclf_requests_total" and s.labels.get("code") == "OK")
-        return total
+        return ok_requests(self.metrics_port)
 
 
 @dataclass
@@ -186,60 +158,6 @@ class Topology:
         body = json.loads(http_get(url))
         assert body["status"] == "success", body
         return body["data"]["result"]
-
-
-@dataclass
-class Traffic:
-    """Closed-loop client calls through nginx from a few threads; every outcome is recorded."""
-
-    address: str
-    outcomes: Counter[str] = field(default_factory=Counter)
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _channel: grpc.Channel | None = None
-
-    @property
-    def completed(self) -> int:
-        with self._lock:
-            return sum(self.outcomes.values())
-
-    def _run(self, worker: int) -> None:
-        assert self._channel is not None
-        stub = textclf_pb2_grpc.TextClassifierStub(self._channel)
-        i = 0
-        while not self._stop.is_set():
-            texts = [TEXTS[(worker + i) % len(TEXTS)]]
-            i += 1
-            try:
-                result = ClassifyResult.from_proto(stub.Classify(classify_request(texts, MODEL), timeout=15.0))
-                outcome = "OK" if len(result.predictions) == 1 else "WRONG_ANSWER"
-            except grpc.RpcError as exc:
-                outcome = exc.code().name
-                with self._lock:
-                    self.failures.append(f"{time.strftime('%H:%M:%S')} {outcome}: {exc.details()}")
-            with self._lock:
-                self.outcomes[outcome] += 1
-
-    def start(self) -> None:
-        self._channel = deploy_channel(self.address)
-        for worker in range(TRAFFIC_THREADS):
-            thread = threading.Thread(target=self._run, args=(worker,), name=f"traffic-{worker}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def wait_more(self, calls: int, what: str, timeout: float = 30.0) -> None:
-        """Wait until ``calls`` more calls have completed (progress, whatever the outcome)."""
-        target = self.completed + calls
-        wait_for(lambda: self.completed >= target, timeout, f"{calls} more client calls {what}")
-
-    def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        if self._channel is not None:
-            self._channel.close()
 
 
 # ------------------------------------------------------------------------------- fixture
@@ -382,7 +300,10 @@ def test_prometheus_scrapes_both_replicas_with_the_repo_rules(topology: Topology
 
 def test_sigkill_and_drain_lose_no_client_call(topology: Topology) -> None:
     first, second = topology.replicas
-    traffic = Traffic(topology.nginx_address)
+    channel = deploy_channel(topology.nginx_address)
+    stub = textclf_pb2_grpc.TextClassifierStub(channel)
+    traffic = Traffic(lambda texts: len(stub.Classify(classify_request(texts, MODEL), timeout=15.0).predictions),
+                      TEXTS, threads=TRAFFIC_THREADS)
     traffic.start()
     try:
         traffic.wait_more(100, "before the kill")
@@ -414,6 +335,7 @@ def test_sigkill_and_drain_lose_no_client_call(topology: Topology) -> None:
         traffic.wait_more(100, "after both restarts")
     finally:
         traffic.stop()
+        channel.close()
 
     total = traffic.completed
     failovers, retried_by_client = nginx_failovers(topology.nginx_access_log)

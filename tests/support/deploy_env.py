@@ -15,11 +15,13 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +109,15 @@ def duration_seconds(value: str | int | float) -> float:
     if not parts or "".join(n + u for n, u in parts) != value:
         raise ValueError(f"not a compose duration: {value!r}")
     return sum(float(n) * units[u] for n, u in parts)
+
+
+def ok_requests(metrics_port: int) -> float:
+    """Successful requests a server counted, from its own /metrics on 127.0.0.1 (resets on restart)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2.0) as response:  # noqa: S310
+        text = response.read().decode("utf-8")
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "textclf_requests":
+            total += sum(s.value for s in family.samples
+                         if s.name == "textclf_requests_total" and s.labels.get("code") == "OK")
+    return total
