@@ -9,11 +9,14 @@ Bounded work (docs/service.md "Bounded work per text"): a text is never normalis
 tokenized in full. ``encode`` tokenizes a prefix of at most ``char_budget = CHARS_PER_TOKEN *
 max_len`` characters, cut at an ASCII whitespace so the prefix's tokens are exactly the full
 text's first tokens (whitespace is a normalisation and pre-tokenization boundary), and grows the
-prefix only while it holds too few tokens. The characters handed to the tokenizer per text are
-at most about ``2 * char_budget``; NFKC expands a character at most 18-fold, so the normalised
-work is O(max_len) per text whatever the text holds. A text whose first ``max_len`` tokens fit in
-the budget gets exactly the ids (and the truncated flag) of tokenizing it in full
-(tests/test_tokenizer.py::test_bounded_encoding_keeps_the_ids_of_texts_within_budget).
+prefix only while it holds too few tokens; where there is no whitespace the prefix is cut
+mid-word. The characters handed to the tokenizer per text are at most about ``2 * char_budget``;
+NFKC expands a character at most 18-fold, so the normalised work is O(max_len) per text
+whatever the text holds. A text whose first ``max_len`` tokens fit in the budget (its prefix up
+to the last ASCII whitespace within the budget holds more than ``max_len`` tokens, or it is
+within the budget) gets exactly the ids and the truncated flag of tokenizing it in full
+(tests/test_tokenizer.py::test_bounded_encoding_keeps_the_ids_of_texts_within_budget); any
+other text is classified from its prefix and flagged truncated.
 """
 from __future__ import annotations
 
@@ -34,6 +37,10 @@ SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN]
 # are mostly very long words (URLs, no spaces); those are classified from their first
 # char_budget characters and flagged truncated.
 CHARS_PER_TOKEN = 8
+# A prefix cut where there is no whitespace (mid-word, or mid-character-sequence for NFKC) may
+# differ from the full text in the tokens at the cut (with our word-level tokenizer: the last
+# two); it is trusted to hold the text's first max_len tokens once it holds this many more.
+HARD_CUT_SLACK = 8
 # Characters where a text may be cut without changing the tokens before the cut.
 _CUT_CHARS = (" ", "\n", "\t", "\r")
 
@@ -113,32 +120,32 @@ class TextEncoder:
     def encode(self, texts: Sequence[str]) -> list[EncodedText]:
         """Ragged ids per text, at most ``max_len`` each, with bounded work (module docstring).
 
-        Rounds: every unfinished text is cut to at most ``limit`` characters (at an ASCII
-        whitespace; at ``limit`` itself only in the last round, ``limit == char_budget``) and the
-        prefixes are tokenized together. A text is finished when it was not cut, when its prefix
-        holds more than ``max_len`` tokens, or in the last round; otherwise the next round's
-        limit is extrapolated from the prefix's characters per token (at least doubling)."""
+        Rounds: every unfinished text is cut to at most ``limit`` characters, at its last ASCII
+        whitespace, or at ``limit`` itself when it has none there, and the prefixes are tokenized
+        together. A text is finished when it was not cut, when its whitespace-cut prefix holds more
+        than ``max_len`` tokens, when its hard-cut prefix holds more than ``max_len +
+        HARD_CUT_SLACK`` (only the tokens at a hard cut can differ from the full text's), or in the
+        last round (``limit == char_budget``); otherwise the next round's limit is extrapolated
+        from the prefix's characters per token (at least doubling)."""
         results: list[EncodedText | None] = [None] * len(texts)
         limits = {i: min(self.char_budget, self.max_len + 1) for i in range(len(texts))}
         while limits:
-            pieces: list[tuple[int, str, bool]] = []  # (text index, prefix, was cut)
+            pieces: list[tuple[int, str, int]] = []  # (text index, prefix, tokens it must exceed to finish)
             for i, limit in limits.items():
                 text = texts[i]
                 if len(text) <= limit:
-                    pieces.append((i, text, False))
+                    pieces.append((i, text, -1))
                     continue
                 cut = _last_cut(text, limit)
                 if cut > 0:
-                    pieces.append((i, text[:cut], True))
-                elif limit >= self.char_budget:
-                    pieces.append((i, text[:limit], True))
-                else:  # no safe cut yet: only a longer prefix can say more
-                    limits[i] = min(self.char_budget, 2 * limit)
-            all_ids = self.token_ids([piece for _, piece, _ in pieces]) if pieces else []
-            for (i, piece, cut), ids in zip(pieces, all_ids):
+                    pieces.append((i, text[:cut], self.max_len))
+                else:
+                    pieces.append((i, text[:limit], self.max_len + HARD_CUT_SLACK))
+            all_ids = self.token_ids([piece for _, piece, _ in pieces])
+            for (i, piece, enough), ids in zip(pieces, all_ids):
                 limit = limits[i]
-                if not cut or len(ids) > self.max_len or limit >= self.char_budget:
-                    results[i] = self._row(ids, truncated=cut or len(ids) > self.max_len)
+                if len(ids) > enough or limit >= self.char_budget:
+                    results[i] = self._row(ids, truncated=enough >= 0 or len(ids) > self.max_len)
                     del limits[i]
                 else:
                     wanted = math.ceil(len(piece) * 1.25 * (self.max_len + 1) / max(len(ids), 1))
