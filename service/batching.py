@@ -51,6 +51,31 @@ SHORT_FLOOR = 8
 INLINE_TOKENIZE_CHARS = 2048
 
 
+class TokenizerPool:
+    """The threads that tokenize requests too large to tokenize on the event loop, shared by all
+    models. Bounded in threads and in backlog: at most ``max_texts`` texts queued for or in the
+    threads (a request arriving when the pool is idle is always taken), beyond that a request
+    gets RESOURCE_EXHAUSTED at once, so no request waits long for a tokenizer. Used from the
+    event loop only."""
+
+    def __init__(self, workers: int, max_texts: int) -> None:
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+        self.max_texts = max_texts
+        self.texts = 0
+
+    def reserve(self, count: int) -> None:
+        if self.texts and self.texts + count > self.max_texts:
+            raise ResourceExhausted(f"the tokenizer is busy ({self.texts} texts waiting, limit {self.max_texts}); "
+                                    "retry later")
+        self.texts += count
+
+    def release(self, count: int) -> None:
+        self.texts -= count
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
 class SchedulerClosed(Unavailable):
     """The model version stopped taking work (it is being unloaded); the caller may re-resolve."""
 
@@ -58,7 +83,7 @@ class SchedulerClosed(Unavailable):
 class Scheduler(Protocol):
     def start(self) -> None: ...
     async def submit(self, texts: Sequence[str], deadline: float | None,
-                     tokenizer_pool: concurrent.futures.Executor) -> tuple[np.ndarray, list[EncodedText]]: ...
+                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]: ...
     async def close(self) -> None: ...
     @property
     def queue_depth(self) -> int: ...
@@ -128,8 +153,7 @@ class _Base:
             raise ResourceExhausted(
                 f"model {self.model} queue is full ({waiting} texts waiting, limit {self.max_queue_size}); retry later")
 
-    async def _admit_and_tokenize(self, texts: Sequence[str], waiting: int,
-                                  pool: concurrent.futures.Executor) -> list[EncodedText]:
+    async def _admit_and_tokenize(self, texts: Sequence[str], waiting: int, pool: TokenizerPool) -> list[EncodedText]:
         """Admit ``texts`` (they count against ``max_queue_size`` from now on), then tokenize them
         with this version's tokenizer. A caller cancelled while its texts are in the tokenizer
         pool leaves their slots taken until that work ends (a thread cannot be stopped)."""
@@ -137,20 +161,26 @@ class _Base:
         self._admit(waiting + self._tokenizing, count)
         if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
             return self.runtime.encode(texts)
+        try:
+            pool.reserve(count)
+        except ResourceExhausted:
+            self.metrics.rejected.labels(self.model, self.version).inc(count)
+            raise
         self._tokenizing += count
-        work = asyncio.get_running_loop().run_in_executor(pool, self.runtime.encode, texts)
+        work = asyncio.get_running_loop().run_in_executor(pool.executor, self.runtime.encode, texts)
         try:
             encoded = await asyncio.shield(work)
         except asyncio.CancelledError:
-            work.add_done_callback(lambda done: self._tokenized(count, done))
+            work.add_done_callback(lambda done: self._tokenized(pool, count, done))
             raise
         except BaseException:
-            self._tokenized(count)
+            self._tokenized(pool, count)
             raise
-        self._tokenized(count)
+        self._tokenized(pool, count)
         return encoded
 
-    def _tokenized(self, count: int, work: asyncio.Future | None = None) -> None:
+    def _tokenized(self, pool: TokenizerPool, count: int, work: asyncio.Future | None = None) -> None:
+        pool.release(count)
         self._tokenizing -= count
         if work is not None and not work.cancelled():
             work.exception()  # nobody awaits it any more: mark it retrieved
@@ -192,7 +222,7 @@ class DynamicBatcher(_Base):
         self._task = asyncio.get_running_loop().create_task(self._run_forever(), name=f"batcher-{self.model}")
 
     async def submit(self, texts: Sequence[str], deadline: float | None,
-                     tokenizer_pool: concurrent.futures.Executor) -> tuple[np.ndarray, list[EncodedText]]:
+                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]:
         encoded = await self._admit_and_tokenize(texts, len(self._pending), tokenizer_pool)
         request = self._new_request(len(encoded), deadline)
         self._pending.extend(_Item(request, row, text.ids) for row, text in enumerate(encoded))
@@ -330,7 +360,7 @@ class DirectScheduler(_Base):
         pass
 
     async def submit(self, texts: Sequence[str], deadline: float | None,
-                     tokenizer_pool: concurrent.futures.Executor) -> tuple[np.ndarray, list[EncodedText]]:
+                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]:
         """Admitted, then tokenized and computed in one job on the inference pool (a request runs
         alone, so tokenizing it elsewhere would only add a thread hand-off)."""
         self._admit(self._in_flight, len(texts))

@@ -10,14 +10,13 @@ status codes: failures are ``service.errors.ServiceError``s.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from collections.abc import Sequence
 
 from bundle.tokenization import EncodedText
 from service.auth import ControlAuth
-from service.batching import SchedulerClosed
+from service.batching import SchedulerClosed, TokenizerPool
 from service.errors import InvalidArgument, Unavailable, Unimplemented
 from service.metrics import ServiceMetrics
 from service.repository import ModelRepository
@@ -40,9 +39,7 @@ class InferenceCore:
         self._idle.set()
         self._control = ControlAuth(settings.read_control_token())  # SettingsError: unreadable token file
         self.statistics = InferenceStatistics()
-        # bounded: its queue holds only admitted texts (batching.py admits before tokenizing)
-        self.tokenizer_pool = concurrent.futures.ThreadPoolExecutor(settings.tokenize_workers,
-                                                                    thread_name_prefix="tokenize")
+        self.tokenizer_pool = TokenizerPool(settings.tokenize_workers, settings.tokenize_max_backlog_texts)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def live(self) -> bool:
@@ -59,7 +56,7 @@ class InferenceCore:
 
     def close(self) -> None:
         """After the server stopped: end the tokenizer threads."""
-        self.tokenizer_pool.shutdown(wait=True)
+        self.tokenizer_pool.shutdown()
 
     @property
     def calls_in_flight(self) -> int:

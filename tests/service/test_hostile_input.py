@@ -67,3 +67,36 @@ def test_a_million_empty_kserve_elements_are_refused_from_the_shape(start_server
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"too many texts: {count} > 256" in failure.value.details()
         assert client.classify(["the market rallied"], "news").version == 2
+
+
+def test_tokenizer_backlog_is_bounded_and_refused_at_once(start_server, bundles) -> None:
+    """The tokenizer thread is held (hook on the real encoder) with one large request in it; a
+    second large request beyond ``tokenize_max_backlog_texts`` is refused RESOURCE_EXHAUSTED at
+    once instead of queueing behind it, small requests (tokenized on the event loop) still pass,
+    and the held request is answered once the thread goes on."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = start_server(tokenize_max_backlog_texts=4)
+    encoder = server.app.core.get_model("news").runtime.encoder
+    entered, release = threading.Event(), threading.Event()
+    real = encoder.token_ids
+
+    def held(texts):
+        if threading.current_thread().name.startswith("tokenize"):
+            entered.set()
+            release.wait(20)
+        return real(texts)
+
+    encoder.token_ids = held
+    large = ["market " * 400] * 4  # over the inline limit: tokenized in the pool
+    with TextclfClient(server.address, retry=False, timeout=30) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.classify, large, "news")
+        assert entered.wait(10)
+        with pytest.raises(grpc.RpcError) as refused:
+            client.classify(large[:2], "news")
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "tokenizer is busy" in refused.value.details()
+        assert client.classify(["the market rallied"], "news").version == 2
+        release.set()
+        assert all(p.truncated for p in first.result(20).predictions)
