@@ -240,6 +240,36 @@ def _attack_process(address: str, model: str, clients: int, streams: int, second
     out.put(asyncio.run(_hostile_attack(address, model, clients, streams, seconds)))
 
 
+# ----------------------------------------------------------------------------- server-side timing
+
+SERVER_SIDE_APIS = ("kserve.ModelInfer", "textclf.v1.ClassifyStream.message")  # only hostile clients use them
+
+
+def server_side_within(url: str, seconds: float = 1.0) -> dict[str, dict[str, float]]:
+    """Per API: requests the server answered so far, and how many within ``seconds`` of the
+    servicer taking them (``textclf_request_duration_seconds``; excludes the upload of the
+    request and gRPC core's queue, which the client-side times include)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts = {api: {"answered": 0.0, "within": 0.0} for api in SERVER_SIDE_APIS}
+    for family in text_string_to_metric_families(text):
+        if family.name != "textclf_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            api = sample.labels.get("api")
+            if api not in counts:
+                continue
+            if sample.name.endswith("_count"):
+                counts[api]["answered"] += sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == seconds:
+                counts[api]["within"] += sample.value
+    return counts
+
+
 # ----------------------------------------------------------------------------- run
 
 async def run(args: argparse.Namespace, server: support.ServerProcess, texts: list[str]) -> dict:
@@ -263,6 +293,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
                                  server.pid)
     hostile = await asyncio.get_running_loop().run_in_executor(None, out.get)
     attacker.join(30)
+    hostile["server_side"] = server_side_within(server.metrics_url)
     logger.info("under attack: %s", attacked)
     await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
     after = _status(server.pid)
@@ -297,6 +328,9 @@ def format_report(result: dict) -> str:
         lines.append(f"| {kind} | {row['requests']} | {row['codes']} | {row['p50_ms']:.0f} | {row['max_ms']:.0f} |")
     lines.append(f"| ClassifyStream never read ({result['hostile']['never_read_streams']} streams) "
                  f"| {result['hostile']['never_read_messages_written']} messages written | – | – | – |")
+    lines += ["", "server side (from the servicer taking a hostile request to its answer):"]
+    for api, row in result["hostile"]["server_side"].items():
+        lines.append(f"- {api}: {row['within']:.0f} of {row['answered']:.0f} answered within 1 s")
     lines += ["", "goals: " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in result["goals"].items())]
     return "\n".join(lines)
 

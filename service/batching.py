@@ -60,6 +60,9 @@ class TokenizerPool:
 
     def __init__(self, workers: int, max_texts: int) -> None:
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+        barrier = threading.Barrier(workers)
+        for _ in range(workers):  # start every thread now: the thread count never changes under load
+            self.executor.submit(barrier.wait, 10)
         self.max_texts = max_texts
         self.texts = 0
 

@@ -37,4 +37,5 @@ def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
     assert set(result["goals"]) == {"legit_p99_under_attack_le_2x", "hostile_answered_within_1s",
                                     "rss_after_within_100mb", "no_thread_growth"}
     assert result["after"]["rss_mb"] > 0 and result["after"]["threads"] > 0
+    assert set(result["hostile"]["server_side"]) == {"kserve.ModelInfer", "textclf.v1.ClassifyStream.message"}
     assert "goals:" in run.stdout
