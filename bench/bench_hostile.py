@@ -88,6 +88,17 @@ def _status(pid: int) -> dict[str, int]:
     return {"rss_mb": int(fields["VmRSS"].split()[0]) // 1024, "threads": int(fields["Threads"])}
 
 
+def _thread_names(pid: int) -> dict[str, int]:
+    """The server's threads by name (which pool a new thread belongs to)."""
+    names: Counter[str] = Counter()
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            names[comm.read_text().strip()] += 1
+        except OSError:
+            continue
+    return dict(names)
+
+
 @dataclass
 class Sampler:
     """Server CPU (cores busy), RSS and threads every ``interval`` seconds while running."""
@@ -281,7 +292,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     before = _status(server.pid)
     baseline = await legit_phase(server.address, args.model, texts, args.legit_clients, rate, args.seconds, server.pid)
     logger.info("no attack: %s", baseline)
-    rss_baseline = _status(server.pid)
+    rss_baseline = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     attacker = context.Process(target=_attack_process, args=(server.address, args.model, args.hostile_clients,
@@ -295,7 +306,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     hostile["server_side"] = server_side_within(server.metrics_url)
     logger.info("under attack: %s", attacked)
     await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
-    after = _status(server.pid)
+    after = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
     hostile_max = max((k["max_ms"] for k in hostile["kinds"].values() if k["requests"]), default=float("nan"))
     goals = {
         "legit_p99_under_attack_le_2x": attacked["p99_ms"] <= GOALS["legit_p99_under_attack_le_2x"] * baseline["p99_ms"],
