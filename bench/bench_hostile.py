@@ -232,9 +232,12 @@ async def _hostile_attack(address: str, model: str, clients: int, streams: int, 
             stream.cancel()
 
     tasks = [caller(channels[c % len(channels)], kind) for kind in payloads for c in range(clients)]
-    tasks += [never_read(channels[s % len(channels)]) for s in range(streams)]
+    # their own connections: a stream that is never read stalls its connection (HTTP/2 flow control)
+    stream_channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("grpc.use_local_subchannel_pool", 1)])
+                       for _ in range(streams)]
+    tasks += [never_read(channel) for channel in stream_channels]
     await asyncio.gather(*tasks)
-    for channel in channels:
+    for channel in channels + stream_channels:
         await channel.close()
     summary = {}
     for kind, rows in records.items():
