@@ -22,7 +22,6 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,17 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run(args, server, texts))
     finally:
         server.stop()
-    report = {
-        "command": "python bench/bench_overload.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": time.time() - started,
-        "machine": {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
-        "model": {"name": bundle.name, "version": bundle.version, "synthetic_random_weights": bundle.synthetic,
-                  "architecture": bundle.card.architecture, "max_len": bundle.card.max_len},
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "server_command": server.command,
-        **result,
-    }
+    report = support.run_report("bench_overload.py", argv, started, load_start, bundle, args, server, result)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(result))

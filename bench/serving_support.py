@@ -75,6 +75,26 @@ def build_random_bundle(name: str) -> Bundle:
     return Bundle(workdir / "models", name, int(path.name), path, ModelCard.load(path / "model.json"), synthetic=True)
 
 
+def run_report(script: str, argv: list[str] | None, started: float, load_start: tuple[float, float, float],
+               bundle: Bundle, args: Any, server: "ServerProcess", result: dict[str, Any]) -> dict[str, Any]:
+    """The JSON report of a benchmark run against ``python -m service``: how it was run, on what
+    machine and model, then ``result``."""
+    import os
+    from datetime import datetime, timezone
+
+    return {
+        "command": f"python bench/{script} " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": time.time() - started,
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+        "model": {"name": bundle.name, "version": bundle.version, "synthetic_random_weights": bundle.synthetic,
+                  "architecture": bundle.card.architecture, "max_len": bundle.card.max_len},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "server_command": server.command,
+        **result,
+    }
+
+
 # ----------------------------------------------------------------------------- texts
 
 def bbc_corpus_texts() -> list[str]:

@@ -1,12 +1,27 @@
-"""Text -> padded id batches, identical in training, export, parity and serving.
+"""Text -> token ids, identical in training, export, parity and serving.
 
 Special ids: 0 = [PAD], 1 = [UNK]. A text with no tokens (empty, whitespace or only characters
 the normaliser drops) is encoded as a single [UNK] so that no sequence has length 0 (onnxruntime
 returns garbage for a 0-length sequence). Texts longer than ``max_len`` keep their first
 ``max_len`` tokens and are counted as truncated.
+
+Bounded work (docs/service.md "Bounded work per text"): a text is never normalised and
+tokenized in full. ``encode`` tokenizes a prefix of at most ``char_budget = CHARS_PER_TOKEN *
+max_len`` characters, cut at an ASCII whitespace so the prefix's tokens are exactly the full
+text's first tokens (whitespace is a normalisation and pre-tokenization boundary), and grows the
+prefix only while it holds too few tokens; where there is no whitespace the prefix is cut
+mid-word. The characters handed to the tokenizer per text are at most about ``2 * char_budget``;
+NFKC expands a character at most 18-fold, so the normalised work is O(max_len) per text
+whatever the text holds. A text whose first ``max_len`` tokens fit in the budget (its prefix up
+to the last ASCII whitespace within the budget holds more than ``max_len`` tokens, or it is
+within the budget) gets exactly the ids and the truncated flag of tokenizing it in full
+(tests/test_tokenizer.py::test_bounded_encoding_keeps_the_ids_of_texts_within_budget); any
+other text is classified from its prefix and flagged truncated.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +32,30 @@ PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
 SPECIAL_TOKENS = [PAD_TOKEN, UNK_TOKEN]
 
+# Characters a text may spend per token before it is cut: English news averages under 6
+# (punctuation marks are tokens of their own), so 8 cuts only texts whose first max_len tokens
+# are mostly very long words (URLs, no spaces); those are classified from their first
+# char_budget characters and flagged truncated.
+CHARS_PER_TOKEN = 8
+# A prefix cut where there is no whitespace (mid-word, or mid-character-sequence for NFKC) may
+# differ from the full text in the tokens at the cut (with our word-level tokenizer: the last
+# two); it is trusted to hold the text's first max_len tokens once it holds this many more.
+HARD_CUT_SLACK = 8
+# Characters where a text may be cut without changing the tokens before the cut.
+_CUT_CHARS = (" ", "\n", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One text's token ids, unpadded (ragged): padding happens once, per batch (``pad``)."""
+
+    ids: np.ndarray  # (L,) int64, 1 <= L <= max_len
+    truncated: bool  # the text had more than max_len tokens, or was cut at the character budget
+
+    @property
+    def length(self) -> int:
+        return int(self.ids.shape[0])
+
 
 @dataclass(frozen=True)
 class EncodedBatch:
@@ -25,12 +64,23 @@ class EncodedBatch:
     truncated: np.ndarray  # (B,) bool: the text had more than max_len tokens
 
     @property
-    def num_tokens(self) -> int:
-        return int(self.lengths.sum())
-
-    @property
     def num_truncated(self) -> int:
         return int(self.truncated.sum())
+
+
+def pad(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged id rows -> (input_ids (B, T) right-padded with PAD_ID, lengths (B,)), T = longest row."""
+    lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
+    input_ids = np.full((len(rows), int(lengths.max())), PAD_ID, dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : row.shape[0]] = row
+    return input_ids, lengths
+
+
+def _last_cut(text: str, limit: int) -> int:
+    """Index of the last cut character in ``text[:limit + 1]`` (0 when there is none: a text
+    starting with whitespace has no tokens before it)."""
+    return max(text.rfind(c, 0, limit + 1) for c in _CUT_CHARS)
 
 
 class TextEncoder:
@@ -43,6 +93,7 @@ class TextEncoder:
             raise ValueError(f"tokenizer must map {PAD_TOKEN}->{PAD_ID} and {UNK_TOKEN}->{UNK_ID}")
         self.tokenizer = tokenizer
         self.max_len = max_len
+        self.char_budget = CHARS_PER_TOKEN * max_len
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
 
@@ -58,24 +109,58 @@ class TextEncoder:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def token_ids(self, texts: list[str]) -> list[list[int]]:
-        """Untruncated ids per text (no special tokens added).
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Untruncated ids per text (no special tokens added), the whole text: unbounded work,
+        so ``encode`` calls it with bounded prefixes only.
 
         ``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character
         offsets (unused here): ~20 % less time per text, and like ``encode_batch`` it releases the GIL."""
         return [enc.ids for enc in self.tokenizer.encode_batch_fast(list(texts), add_special_tokens=False)]
 
-    def encode_batch(self, texts: list[str]) -> EncodedBatch:
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Ragged ids per text, at most ``max_len`` each, with bounded work (module docstring).
+
+        Rounds: every unfinished text is cut to at most ``limit`` characters, at its last ASCII
+        whitespace, or at ``limit`` itself when it has none there, and the prefixes are tokenized
+        together. A text is finished when it was not cut, when its whitespace-cut prefix holds more
+        than ``max_len`` tokens, when its hard-cut prefix holds more than ``max_len +
+        HARD_CUT_SLACK`` (only the tokens at a hard cut can differ from the full text's), or in the
+        last round (``limit == char_budget``); otherwise the next round's limit is extrapolated
+        from the prefix's characters per token (at least doubling)."""
+        results: list[EncodedText | None] = [None] * len(texts)
+        limits = {i: min(self.char_budget, self.max_len + 1) for i in range(len(texts))}
+        while limits:
+            pieces: list[tuple[int, str, int]] = []  # (text index, prefix, tokens it must exceed to finish)
+            for i, limit in limits.items():
+                text = texts[i]
+                if len(text) <= limit:
+                    pieces.append((i, text, -1))
+                    continue
+                cut = _last_cut(text, limit)
+                if cut > 0:
+                    pieces.append((i, text[:cut], self.max_len))
+                else:
+                    pieces.append((i, text[:limit], self.max_len + HARD_CUT_SLACK))
+            all_ids = self.token_ids([piece for _, piece, _ in pieces])
+            for (i, piece, enough), ids in zip(pieces, all_ids):
+                limit = limits[i]
+                if len(ids) > enough or limit >= self.char_budget:
+                    results[i] = self._row(ids, truncated=enough >= 0 or len(ids) > self.max_len)
+                    del limits[i]
+                else:
+                    wanted = math.ceil(len(piece) * 1.25 * (self.max_len + 1) / max(len(ids), 1))
+                    limits[i] = min(self.char_budget, max(2 * limit, wanted))
+        return results  # type: ignore[return-value]
+
+    def _row(self, ids: list[int], *, truncated: bool) -> EncodedText:
+        kept = np.array(ids[: self.max_len] or [UNK_ID], dtype=np.int64)
+        return EncodedText(kept, truncated)
+
+    def encode_batch(self, texts: Sequence[str]) -> EncodedBatch:
+        """``encode`` padded into one batch (training, export and parity feed whole batches)."""
         if not texts:
             raise ValueError("encode_batch needs at least one text")
-        all_ids = self.token_ids(texts)
-        lengths = np.array([min(max(len(ids), 1), self.max_len) for ids in all_ids], dtype=np.int64)
-        truncated = np.array([len(ids) > self.max_len for ids in all_ids], dtype=bool)
-        input_ids = np.full((len(texts), int(lengths.max())), PAD_ID, dtype=np.int64)
-        for row, ids in enumerate(all_ids):
-            if ids:
-                kept = ids[: self.max_len]
-                input_ids[row, : len(kept)] = kept
-            else:
-                input_ids[row, 0] = UNK_ID
-        return EncodedBatch(input_ids=input_ids, lengths=lengths, truncated=truncated)
+        encoded = self.encode(texts)
+        input_ids, lengths = pad([e.ids for e in encoded])
+        return EncodedBatch(input_ids=input_ids, lengths=lengths,
+                            truncated=np.array([e.truncated for e in encoded], dtype=bool))

@@ -3,8 +3,12 @@
 ``DynamicBatcher`` (batching on) keeps one bounded queue of texts per model version and one
 scheduler task that forms batches:
 
-* admission: a request's texts enter the queue all together or not at all; beyond
-  ``max_queue_size`` waiting texts the request fails fast with RESOURCE_EXHAUSTED;
+* admission first: a request's texts are admitted all together or not at all, before they are
+  tokenized; beyond ``max_queue_size`` waiting texts (queued, or admitted and still being
+  tokenized) the request fails fast with RESOURCE_EXHAUSTED;
+* tokenization: with the version's own tokenizer (``submit`` takes raw texts, so the ids always
+  come from the tokenizer of the model that computes them), on the event loop for small
+  requests and on the bounded tokenizer pool otherwise; ids stay ragged until a batch is padded;
 * a batch starts as soon as the worker is free and either ``max_batch_size`` texts wait or the
   oldest text has waited ``max_queue_delay`` (0 = greedy: under load, batches fill with the texts
   that arrived while the previous batch computed; an idle server adds no delay);
@@ -25,14 +29,16 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from bundle.tokenization import EncodedText
 from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
 from service.metrics import ServiceMetrics
-from service.runtime import EncodedText, ModelRuntime
+from service.runtime import ModelRuntime
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -40,6 +46,37 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHORT_FLOOR = 8
+# Requests with at most this many characters are tokenized on the event loop (tens of
+# microseconds); bigger ones go to the tokenizer pool so the loop never stalls.
+INLINE_TOKENIZE_CHARS = 2048
+
+
+class TokenizerPool:
+    """The threads that tokenize requests too large to tokenize on the event loop, shared by all
+    models. Bounded in threads and in backlog: at most ``max_texts`` texts queued for or in the
+    threads (a request arriving when the pool is idle is always taken), beyond that a request
+    gets RESOURCE_EXHAUSTED at once, so no request waits long for a tokenizer. Used from the
+    event loop only."""
+
+    def __init__(self, workers: int, max_texts: int) -> None:
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tokenize")
+        barrier = threading.Barrier(workers)
+        for _ in range(workers):  # start every thread now: the thread count never changes under load
+            self.executor.submit(barrier.wait, 10)
+        self.max_texts = max_texts
+        self.texts = 0
+
+    def reserve(self, count: int) -> None:
+        if self.texts and self.texts + count > self.max_texts:
+            raise ResourceExhausted(f"the tokenizer is busy ({self.texts} texts waiting, limit {self.max_texts}); "
+                                    "retry later")
+        self.texts += count
+
+    def release(self, count: int) -> None:
+        self.texts -= count
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
 
 
 class SchedulerClosed(Unavailable):
@@ -48,7 +85,8 @@ class SchedulerClosed(Unavailable):
 
 class Scheduler(Protocol):
     def start(self) -> None: ...
-    async def submit(self, texts: list[EncodedText], deadline: float | None) -> np.ndarray: ...
+    async def submit(self, texts: Sequence[str], deadline: float | None,
+                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]: ...
     async def close(self) -> None: ...
     @property
     def queue_depth(self) -> int: ...
@@ -108,6 +146,7 @@ class _Base:
         self.model, self.version = model, str(version)
         self.max_queue_size = max_queue_size
         self._closed = False
+        self._tokenizing = 0  # texts admitted and not yet queued (being tokenized)
 
     def _admit(self, waiting: int, count: int) -> None:
         if self._closed:
@@ -116,6 +155,42 @@ class _Base:
             self.metrics.rejected.labels(self.model, self.version).inc(count)
             raise ResourceExhausted(
                 f"model {self.model} queue is full ({waiting} texts waiting, limit {self.max_queue_size}); retry later")
+
+    async def _admit_and_tokenize(self, texts: Sequence[str], waiting: int, pool: TokenizerPool) -> list[EncodedText]:
+        """Admit ``texts`` (they count against ``max_queue_size`` from now on), then tokenize them
+        with this version's tokenizer. A caller cancelled while its texts are in the tokenizer
+        pool leaves their slots taken until that work ends (a thread cannot be stopped)."""
+        count = len(texts)
+        self._admit(waiting + self._tokenizing, count)
+        if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
+            return self.runtime.encode(texts)
+        try:
+            pool.reserve(count)
+        except ResourceExhausted:
+            self.metrics.rejected.labels(self.model, self.version).inc(count)
+            raise
+        self._tokenizing += count
+        work = asyncio.get_running_loop().run_in_executor(pool.executor, self.runtime.encode, texts)
+        try:
+            encoded = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(lambda done: self._tokenized(pool, count, done))
+            raise
+        except BaseException:
+            self._tokenized(pool, count)
+            raise
+        self._tokenized(pool, count)
+        return encoded
+
+    def _tokenized(self, pool: TokenizerPool, count: int, work: asyncio.Future | None = None) -> None:
+        pool.release(count)
+        self._tokenizing -= count
+        if work is not None and not work.cancelled():
+            work.exception()  # nobody awaits it any more: mark it retrieved
+        self._tokenizing_done()
+
+    def _tokenizing_done(self) -> None:
+        """Hook: a scheduler that waits for admitted texts on close wakes up here."""
 
     def _drop(self, count: int, reason: str) -> None:
         self.metrics.dropped.labels(self.model, self.version, reason).inc(count)
@@ -149,14 +224,15 @@ class DynamicBatcher(_Base):
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_forever(), name=f"batcher-{self.model}")
 
-    async def submit(self, texts: list[EncodedText], deadline: float | None) -> np.ndarray:
-        self._admit(len(self._pending), len(texts))
-        request = self._new_request(len(texts), deadline)
-        self._pending.extend(_Item(request, row, text.ids) for row, text in enumerate(texts))
+    async def submit(self, texts: Sequence[str], deadline: float | None,
+                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]:
+        encoded = await self._admit_and_tokenize(texts, len(self._pending), tokenizer_pool)
+        request = self._new_request(len(encoded), deadline)
+        self._pending.extend(_Item(request, row, text.ids) for row, text in enumerate(encoded))
         self._set_depth()
         self._wakeup.set()
         try:
-            return await asyncio.shield(request.future)
+            return await asyncio.shield(request.future), encoded
         except asyncio.CancelledError:
             # its queued texts are dropped before compute, counted under the right reason
             if request.expired(time.monotonic()):
@@ -167,8 +243,13 @@ class DynamicBatcher(_Base):
             self._wakeup.set()  # let the scheduler free the queue slots now
             raise
 
+    def _tokenizing_done(self) -> None:
+        if self._closed:
+            self._wakeup.set()
+
     async def close(self) -> None:
-        """Stop admitting, finish every admitted text, then end the scheduler task."""
+        """Stop admitting, finish every admitted text (also those still being tokenized), then end
+        the scheduler task."""
         self._closed = True
         self._wakeup.set()
         if self._task is not None:
@@ -180,7 +261,7 @@ class DynamicBatcher(_Base):
     async def _run_forever(self) -> None:
         while True:
             if not self._pending:
-                if self._closed:
+                if self._closed and not self._tokenizing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
@@ -281,13 +362,16 @@ class DirectScheduler(_Base):
     def start(self) -> None:
         pass
 
-    async def submit(self, texts: list[EncodedText], deadline: float | None) -> np.ndarray:
+    async def submit(self, texts: Sequence[str], deadline: float | None,
+                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]:
+        """Admitted, then tokenized and computed in one job on the inference pool (a request runs
+        alone, so tokenizing it elsewhere would only add a thread hand-off)."""
         self._admit(self._in_flight, len(texts))
         self._track(len(texts))
         lock = threading.Lock()
         phase = ["queued"]  # queued -> running | cancelled | expired
         enqueued = time.monotonic()
-        rows = [t.ids for t in texts]
+        encoded: list[EncodedText] = []
 
         def job() -> np.ndarray | None:
             started = time.monotonic()
@@ -297,11 +381,12 @@ class DirectScheduler(_Base):
                 phase[0] = "expired" if deadline is not None and started >= deadline else "running"
             self.metrics.queue_seconds.labels(self.model, self.version).observe(started - enqueued)
             if phase[0] == "expired":
-                self._drop(len(rows), "deadline")
+                self._drop(len(texts), "deadline")
                 return None
+            encoded.extend(self.runtime.encode(texts))
             begin = time.perf_counter()
-            probabilities = self.runtime.run(rows)
-            self._observe_batch(len(rows), time.perf_counter() - begin)
+            probabilities = self.runtime.run([t.ids for t in encoded])
+            self._observe_batch(len(encoded), time.perf_counter() - begin)
             return probabilities
 
         try:
@@ -310,7 +395,7 @@ class DirectScheduler(_Base):
             with lock:
                 if phase[0] == "queued":
                     phase[0] = "cancelled"
-                    self._drop(len(rows), "cancelled")
+                    self._drop(len(texts), "cancelled")
             raise
         except Exception:
             logger.exception("inference failed for model %s version %s", self.model, self.version)
@@ -319,7 +404,7 @@ class DirectScheduler(_Base):
             self._track(-len(texts))
         if probabilities is None:
             raise _deadline_error()
-        return probabilities
+        return probabilities, encoded
 
     def _track(self, delta: int) -> None:
         self._in_flight += delta

@@ -1,29 +1,30 @@
 """InferenceCore: the one object the API servicers talk to (docs/CONTRACTS.md).
 
-It validates requests (text count and size), resolves the model version, tokenizes, hands the
-texts to the version's scheduler (dynamic batcher) and returns a ``Classification``. It knows
-nothing about protobuf or gRPC status codes: failures are ``service.errors.ServiceError``s.
+Protocol-neutral: each API translates its message into a ``ClassifyRequest``, resolves the model
+once (``resolve``) and calls ``classify(model, request)``. The core validates the texts (count
+and size), hands the raw texts to the version's scheduler (which admits them, tokenizes them
+with that version's tokenizer and batches them), keeps the per-version statistics and the text
+metrics for every API, and returns a ``Classification``. It knows nothing about protobuf or gRPC
+status codes: failures are ``service.errors.ServiceError``s.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
-from service.batching import SchedulerClosed
+from bundle.tokenization import EncodedText
 from service.auth import ControlAuth
+from service.batching import SchedulerClosed, TokenizerPool
 from service.errors import InvalidArgument, Unavailable, Unimplemented
 from service.metrics import ServiceMetrics
 from service.repository import ModelRepository
-from service.runtime import EncodedText
 from service.settings import Settings
-from service.types import Classification, LoadedModel, ModelState
+from service.statistics import InferenceStatistics
+from service.types import Classification, ClassifyRequest, LoadedModel, ModelState
 
 logger = logging.getLogger(__name__)
-
-# Requests with at most this many text bytes are tokenized on the event loop (tens of
-# microseconds); bigger ones go to a worker thread so the loop never stalls.
-INLINE_TOKENIZE_BYTES = 8 * 1024
 
 
 class InferenceCore:
@@ -37,6 +38,8 @@ class InferenceCore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._control = ControlAuth(settings.read_control_token())  # SettingsError: unreadable token file
+        self.statistics = InferenceStatistics()
+        self.tokenizer_pool = TokenizerPool(settings.tokenize_workers, settings.tokenize_max_backlog_texts)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def live(self) -> bool:
@@ -50,6 +53,10 @@ class InferenceCore:
 
     def start_draining(self) -> None:
         self._draining = True
+
+    def close(self) -> None:
+        """After the server stopped: end the tokenizer threads."""
+        self.tokenizer_pool.shutdown()
 
     @property
     def calls_in_flight(self) -> int:
@@ -83,6 +90,10 @@ class InferenceCore:
     # -- models ------------------------------------------------------------------------------
     def get_model(self, name: str, version: int | None = None) -> LoadedModel:
         return self.repository.get(name, version)
+
+    def resolve(self, request: ClassifyRequest) -> LoadedModel:
+        """The version that answers ``request`` (NotFound when none is loaded)."""
+        return self.repository.get(request.model, request.version)
 
     def list_models(self) -> list[LoadedModel]:
         return self.repository.loaded()
@@ -118,7 +129,8 @@ class InferenceCore:
         self._require_ready()
 
     # -- inference ---------------------------------------------------------------------------
-    def validate_texts(self, texts: list[str]) -> None:
+    def validate_texts(self, texts: Sequence[str]) -> None:
+        """Count first (no text is looked at when there are too many), then each text's size."""
         limit = self.settings.max_texts_per_request
         if not texts:
             raise InvalidArgument("no texts: send at least one text")
@@ -128,39 +140,41 @@ class InferenceCore:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidArgument(f"text {i} is not a string")
+            if len(text) * 4 <= max_bytes:  # UTF-8 takes at most 4 bytes a character
+                continue
             size = len(text.encode("utf-8", errors="surrogatepass"))
             if size > max_bytes:
                 raise InvalidArgument(f"text {i} is {size} bytes; the limit is {max_bytes} bytes (UTF-8)")
 
-    async def classify(self, name: str, version: int | None, texts: list[str], *, deadline: float | None,
-                       api: str) -> Classification:
-        self._require_ready()
-        self.validate_texts(texts)
-        model = self.get_model(name, version)
-        encoded = await self._encode(model, texts)
-        for attempt in range(3):
-            try:
-                probabilities = await model.scheduler.submit(encoded, deadline)
-                break
-            except SchedulerClosed:
-                # the version was swapped out between resolving and submitting: resolve again
-                # (the default version, or the same explicit version if it is still loaded)
-                if attempt == 2:
-                    raise
-                model = self.get_model(name, version)
+    async def classify(self, model: LoadedModel, request: ClassifyRequest) -> Classification:
+        """Classify ``request.texts`` with ``model`` (from ``resolve``). If that version is retired
+        before its scheduler admits the texts, the request is resolved again and submitted whole
+        to the new version, which tokenizes it with its own tokenizer."""
+        start = time.perf_counter()
+        try:
+            self._require_ready()
+            self.validate_texts(request.texts)
+            for attempt in range(3):
+                try:
+                    probabilities, encoded = await model.scheduler.submit(request.texts, request.deadline,
+                                                                          self.tokenizer_pool)
+                    break
+                except SchedulerClosed:
+                    if attempt == 2:
+                        raise
+                    model = self.resolve(request)
+        except Exception:
+            self.statistics.failure(model.name, model.version, time.perf_counter() - start)
+            raise
+        self.statistics.success(model.name, model.version, len(encoded), time.perf_counter() - start)
         if self.settings.log_request_texts and logger.isEnabledFor(logging.DEBUG):
-            logger.debug("classified %s/%d via %s: %r", model.name, model.version, api, texts)
+            logger.debug("classified %s/%d: %r", model.name, model.version, list(request.texts))
         self._count(model, encoded)
         labels = model.labels
         predicted = [labels[i] for i in probabilities.argmax(axis=1)]
         return Classification(model_name=model.name, model_version=model.version, labels=labels,
                               probabilities=probabilities, predicted=predicted,
                               truncated=[t.truncated for t in encoded])
-
-    async def _encode(self, model: LoadedModel, texts: list[str]) -> list[EncodedText]:
-        if sum(len(t) for t in texts) * 4 <= INLINE_TOKENIZE_BYTES:
-            return model.runtime.encode(texts)
-        return await asyncio.get_running_loop().run_in_executor(None, model.runtime.encode, texts)
 
     def _count(self, model: LoadedModel, encoded: list[EncodedText]) -> None:
         version = str(model.version)
@@ -169,8 +183,3 @@ class InferenceCore:
         truncated = sum(t.truncated for t in encoded)
         if truncated:
             self.metrics.truncations.labels(model.name, version).inc(truncated)
-
-
-def remaining_to_deadline(seconds: float | None) -> float | None:
-    """gRPC time_remaining() -> monotonic deadline (None = no deadline)."""
-    return None if seconds is None else time.monotonic() + seconds

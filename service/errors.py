@@ -34,10 +34,6 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Cancelled(ServiceError):
-    code = grpc.StatusCode.CANCELLED
-
-
 class FailedPrecondition(ServiceError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 

@@ -8,34 +8,19 @@ histograms are summed over every worker that ever ran; gauges say how they combi
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
-import socket
 import threading
 from collections.abc import Iterable
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import Metric
 
 logger = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-
-
-class _HTTPServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class _HTTPServer6(_HTTPServer):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - scrapes are not news
-        pass
 
 
 WORKER_INDEX_ENV = "TEXTCLF_WORKER_INDEX"  # set by the supervisor for its workers (not a setting)
@@ -54,15 +39,106 @@ def request_counts(families: Iterable[Metric]) -> dict[str, dict[str, int]]:
     return counts
 
 
-def serve_registry(registry: CollectorRegistry, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``registry`` at http://host:port/metrics from a daemon thread."""
-    server_class = _HTTPServer6 if ":" in host else _HTTPServer
-    http = make_server(host, port, make_wsgi_app(registry), server_class, handler_class=_QuietHandler)
-    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05}, name="metrics-http",
-                              daemon=True)
-    thread.start()
-    logger.info("metrics on http://%s:%d/metrics", host, int(http.server_port))
-    return http, thread
+class MetricsHTTPServer:
+    """``/metrics`` over HTTP/1.x from one thread running an asyncio loop, whatever the clients do.
+
+    prometheus_client's own server starts a thread per connection and waits forever for request
+    headers, so idle or slow connections pile up threads. Here every connection is a coroutine on
+    the one thread; a request must arrive whole within ``header_timeout`` seconds (at most
+    ``HEADER_LIMIT`` bytes of head); at most ``max_connections`` are open, and a new one evicts the
+    connection that has waited longest for its headers, so a scrape always gets through
+    (tests/service/test_metrics.py::test_idle_connections_cannot_exhaust_the_metrics_endpoint)."""
+
+    HEADER_LIMIT = 16 * 1024
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int, *, header_timeout: float = 5.0,
+                 max_connections: int = 64) -> None:
+        self.registry = registry
+        self.header_timeout = header_timeout
+        self.max_connections = max_connections
+        self._waiting: dict[asyncio.Task, None] = {}  # connections still reading headers, oldest first
+        self._open = 0
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(host, port), name="metrics-http", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self, host: str, port: int) -> None:
+        """The thread: bind (errors go back to the constructor), then serve until ``shutdown``."""
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._server = self._loop.run_until_complete(
+                asyncio.start_server(self._handle, host, port, limit=self.HEADER_LIMIT, backlog=128))
+            self.server_port = int(self._server.sockets[0].getsockname()[1])
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the constructor's thread
+            self._error = exc
+            self._started.set()
+            self._loop.close()
+            return
+        self._started.set()
+        self._loop.run_forever()
+        self._loop.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._open += 1
+        if self._open > self.max_connections and self._waiting:
+            next(iter(self._waiting)).cancel()  # the connection that has waited longest for headers
+        self._waiting[task] = None
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.header_timeout)
+            del self._waiting[task]
+            writer.write(self._answer(head))
+            await asyncio.wait_for(writer.drain(), self.header_timeout)
+        except (asyncio.CancelledError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            pass
+        finally:
+            self._waiting.pop(task, None)
+            self._open -= 1
+            writer.close()
+
+    def _answer(self, head: bytes) -> bytes:
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            return _http_response(b"400 Bad Request", b"text/plain", b"bad request\n")
+        if parts[0] not in (b"GET", b"HEAD"):
+            return _http_response(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
+        body = generate_latest(self.registry)
+        return _http_response(b"200 OK", CONTENT_TYPE_LATEST.encode(), body, head_only=parts[0] == b"HEAD")
+
+    def shutdown(self) -> None:
+        """Close the port and every connection, end the thread."""
+        async def close() -> None:
+            self._server.close()
+            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                task.cancel()
+
+        if not self._thread.is_alive():
+            return
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def server_close(self) -> None:
+        """Kept for callers written against ``socketserver``: ``shutdown`` already closed everything."""
+
+
+def _http_response(status: bytes, content_type: bytes, body: bytes, *, head_only: bool = False) -> bytes:
+    head = (b"HTTP/1.1 " + status + b"\r\nContent-Type: " + content_type + b"\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n")
+    return head if head_only else head + body
+
+
+def serve_registry(registry: CollectorRegistry, host: str, port: int) -> tuple[MetricsHTTPServer, threading.Thread]:
+    """Serve ``registry`` at http://host:port/metrics from its own thread (``MetricsHTTPServer``)."""
+    http = MetricsHTTPServer(registry, host, port)
+    logger.info("metrics on http://%s:%d/metrics", host, http.server_port)
+    return http, http._thread  # noqa: SLF001
 
 
 class ServiceMetrics:
@@ -109,7 +185,7 @@ class ServiceMetrics:
         if self.worker_index is not None:  # a worker of the multi-worker supervisor
             self.worker_requests = Counter("textclf_worker_requests", "gRPC requests answered by each worker process",
                                            ["worker"], registry=r)
-        self._http: WSGIServer | None = None
+        self._http: MetricsHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
 
     # -- request metric (recorded at the API boundary) --------------------------------------

@@ -6,14 +6,14 @@ event loop; onnxruntime releases the GIL while it computes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from bundle.card import INPUT_IDS, INPUT_LENGTHS, MODEL_FILE, OUTPUT_LOGITS, TOKENIZER_FILE, ModelCard
-from bundle.tokenization import PAD_ID, TextEncoder
+from bundle.tokenization import EncodedText, TextEncoder, pad
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +43,6 @@ def resolve_providers(choice: str) -> list[str]:
         logger.warning("providers=auto: %s not available in onnxruntime, running on CPU", CUDA)
         _warned_no_cuda = True
     return [CPU]
-
-
-@dataclass(frozen=True)
-class EncodedText:
-    ids: np.ndarray  # (L,) int64, 1 <= L <= max_len
-    truncated: bool
-
-    @property
-    def length(self) -> int:
-        return int(self.ids.shape[0])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -101,18 +91,15 @@ class ModelRuntime:
     def providers(self) -> list[str]:
         return list(self.session.get_providers())
 
-    def encode(self, texts: list[str]) -> list[EncodedText]:
-        """Tokenize with the bundle's encoder (the same code path as training and parity)."""
-        batch = self.encoder.encode_batch(texts)
-        return [EncodedText(batch.input_ids[row, : int(batch.lengths[row])], bool(batch.truncated[row]))
-                for row in range(len(texts))]
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        """Ragged token ids with the bundle's encoder (the same code path as training and parity;
+        bounded work per text, bundle/tokenization.py)."""
+        return self.encoder.encode(texts)
 
     def run(self, rows: list[np.ndarray]) -> np.ndarray:
-        """Pad ``rows`` (token id arrays) into one batch and return probabilities (B, C) float32."""
-        lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
-        input_ids = np.full((len(rows), int(lengths.max())), PAD_ID, dtype=np.int64)
-        for i, r in enumerate(rows):
-            input_ids[i, : r.shape[0]] = r
+        """Pad ``rows`` (ragged token ids) into one batch, the only padding on the request path, and
+        return probabilities (B, C) float32."""
+        input_ids, lengths = pad(rows)
         (logits,) = self.session.run([OUTPUT_LOGITS], {INPUT_IDS: input_ids, INPUT_LENGTHS: lengths})
         if logits.ndim != 2 or logits.shape != (len(rows), self.num_labels):
             raise ValueError(f"model returned logits of shape {logits.shape}, expected ({len(rows)}, {self.num_labels})")

@@ -1,7 +1,7 @@
 """Building the gRPC server: core, servicers, health, reflection, metrics endpoint.
 
 ``create_app(settings)`` returns an ``App`` (everything built, models loaded, port bound, not
-started); ``create_server(settings)`` is the contract's shape, ``(server, port)``.
+started).
 
 Servicers are added by registrars ``(server, core) -> full service name``: textclf.v1 always,
 ``service.api.kserve.register`` when that module exists, and anything appended to
@@ -139,6 +139,7 @@ class App:
                            self.core.calls_in_flight)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
         await self.repository.close()
+        self.core.close()
         self.executor.shutdown(wait=True)
         self.metrics.stop()
 
@@ -161,6 +162,8 @@ def grpc_server_options(settings: Settings, *, reuse_port: bool = False) -> list
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
+    if settings.max_concurrent_streams > 0:
+        options.append(("grpc.max_concurrent_streams", settings.max_concurrent_streams))
     for arg, value in (("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
                        ("grpc.server.max_pending_requests_hard_limit", settings.grpc_max_pending_requests_hard_limit),
                        ("grpc.server_max_unrequested_time_in_server", settings.grpc_max_unrequested_seconds)):
@@ -180,7 +183,8 @@ async def create_app(settings: Settings, *, reuse_port: bool = False) -> App:
     repository = ModelRepository(settings, metrics, executor, providers)
     await repository.load_all()
     core = InferenceCore(settings, repository, metrics)
-    server = grpc.aio.server(options=grpc_server_options(settings, reuse_port=reuse_port))
+    server = grpc.aio.server(options=grpc_server_options(settings, reuse_port=reuse_port),
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None)
     service_names = register_servicers(server, core)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", NOT_SERVING)  # SERVING once started
@@ -194,10 +198,3 @@ async def create_app(settings: Settings, *, reuse_port: bool = False) -> App:
     logger.info("models loaded: %s", ", ".join(f"{m.name}/{m.version}" for m in repository.loaded()) or "none")
     return App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names)
 
-
-async def create_server(settings: Settings) -> tuple[grpc.aio.Server, int]:
-    """The contract's entry point; the App is reachable as ``server.app``."""
-    app = await create_app(settings)
-    server = app.server
-    server.app = app  # type: ignore[attr-defined]
-    return server, app.port

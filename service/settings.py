@@ -79,6 +79,17 @@ class Settings:
     max_texts_per_request: int = _opt(256, "most texts in one request")
     max_text_bytes: int = _opt(64 * 1024, "largest text (UTF-8 bytes)")
     stream_max_in_flight: int = _opt(64, "requests of one ClassifyStream processed concurrently")
+    # Work before admission (docs/reliability.md "Bounded work before admission")
+    max_concurrent_rpcs: int = _opt(
+        1024, "RPCs handled at once per process (a stream counts as one); beyond it new calls get RESOURCE_EXHAUSTED "
+              "(0 = unlimited)")
+    max_concurrent_streams: int = _opt(
+        128, "concurrent calls (HTTP/2 streams) one client connection may open; more wait in the client "
+             "(0 = gRPC default, unlimited)")
+    tokenize_workers: int = _opt(1, "threads tokenizing requests too large to tokenize on the event loop (all models)")
+    tokenize_max_backlog_texts: int = _opt(
+        256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
+             "(a request arriving when they are idle is always taken)")
     # Lifecycle and logging
     grace_period: float = _opt(10.0, "seconds admitted calls get to finish on SIGTERM/SIGINT")
     drain_delay: float = _opt(0.5, "seconds a drained server keeps answering UNAVAILABLE before it closes its port")
@@ -97,10 +108,11 @@ class Settings:
             check(low <= getattr(self, name) <= 65535, name, f"must be in [{low}, 65535]")
         for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_batch_size", "max_queue_size",
                      "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers",
-                     "workers"):
+                     "workers", "tokenize_workers", "tokenize_max_backlog_texts"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
-                     "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds"):
+                     "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
+                     "max_concurrent_streams"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay"):
             check(getattr(self, name) >= 0, name, "must be >= 0")

@@ -1,6 +1,7 @@
 """Value types shared by the core and the API layers."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -38,6 +39,16 @@ class ModelState:
     version: int
     state: Literal["READY", "UNAVAILABLE", "LOADING"]
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """What every API's inference call becomes (service/api/*): the core's one request type."""
+
+    model: str
+    version: int | None  # None = the model's default version
+    texts: Sequence[str]  # may be a protobuf repeated field: its length is checked before any text is read
+    deadline: float | None  # time.monotonic() clock; None = no deadline
 
 
 @dataclass

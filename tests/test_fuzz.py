@@ -214,7 +214,7 @@ def test_textclf_decoding_only_raises_invalid_argument(request: pb.ClassifyReque
 @given(request=infer_requests())
 def test_kserve_decoding_of_whole_requests_only_raises_invalid_argument(request: kpb.ModelInferRequest) -> None:
     try:
-        decoded = kserve_codec.decode_request(request)
+        decoded = kserve_codec.decode_request(request, max_texts=MAX_TEXTS)
     except InvalidArgument as exc:
         assert exc.message and len(exc.message) < 400
         return

@@ -13,6 +13,8 @@ from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from service.api import kserve_codec as codec
 from service.errors import InvalidArgument
+
+MAX_TEXTS = 256  # the default max_texts_per_request
 from textclf_protos.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc
 
 LABELS = ["business", "sport", "tech"]
@@ -44,7 +46,7 @@ def _request(texts: list[str] | None = None, *, raw: bool = True, **fields) -> p
 
 def _invalid(request: pb.ModelInferRequest, match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
-        codec.decode_request(request)
+        codec.decode_request(request, max_texts=MAX_TEXTS)
 
 
 # ------------------------------------------------------------------ wire compatibility
@@ -141,7 +143,7 @@ def test_raw_bytes_round_trip_with_tritonclient_serializer() -> None:
 
 @pytest.mark.parametrize("raw", [True, False])
 def test_decode_request_raw_and_contents(raw: bool) -> None:
-    decoded = codec.decode_request(_request(["a", "", "ƒ 🙂 \u202e"], raw=raw, model_version="7", id="x"))
+    decoded = codec.decode_request(_request(["a", "", "ƒ 🙂 \u202e"], raw=raw, model_version="7", id="x"), max_texts=MAX_TEXTS)
     assert decoded.texts == ["a", "", "ƒ 🙂 \u202e"]
     assert (decoded.model_name, decoded.version, decoded.request_id) == ("news", 7, "x")
     assert [o.name for o in decoded.outputs] == ["PROBABILITIES", "LABEL"]
@@ -152,7 +154,7 @@ def test_shape_n_by_1_is_accepted() -> None:
     request = _request(["a", "b"])
     del request.inputs[0].shape[:]
     request.inputs[0].shape.extend([2, 1])
-    assert codec.decode_request(request).texts == ["a", "b"]
+    assert codec.decode_request(request, max_texts=MAX_TEXTS).texts == ["a", "b"]
 
 
 @pytest.mark.parametrize("version,expected", [("", None), ("1", 1), ("42", 42)])
@@ -200,7 +202,7 @@ def test_shape_data_mismatch() -> None:
     _invalid(request, "truncated|too few")
     request = _request(["a"])
     request.inputs[0].shape[0] = 10**15
-    _invalid(request, "too few")
+    _invalid(request, "too many texts")
 
 
 def test_truncated_raw() -> None:
@@ -229,7 +231,7 @@ def test_invalid_utf8_names_the_element_not_the_text() -> None:
     request.inputs.add(name="TEXT", datatype="BYTES", shape=[2])
     request.raw_input_contents.append(codec.encode_bytes_raw([b"secret ok", b"secret \xff"]))
     with pytest.raises(InvalidArgument) as info:
-        codec.decode_request(request)
+        codec.decode_request(request, max_texts=MAX_TEXTS)
     assert "element 1 is not valid UTF-8" in info.value.message and "secret" not in info.value.message
 
 
@@ -240,14 +242,14 @@ def test_model_name_required_and_long_names_are_cut() -> None:
     request = _request()
     request.inputs[0].name = "X" * 10_000
     with pytest.raises(InvalidArgument) as info:
-        codec.decode_request(request)
+        codec.decode_request(request, max_texts=MAX_TEXTS)
     assert len(info.value.message) < 200
 
 
 def test_requested_outputs() -> None:
     request = _request()
     request.outputs.add(name="LABEL")
-    assert [o.name for o in codec.decode_request(request).outputs] == ["LABEL"]
+    assert [o.name for o in codec.decode_request(request, max_texts=MAX_TEXTS).outputs] == ["LABEL"]
     request.outputs.add(name="LABEL")
     _invalid(request, "requested twice")
     request = _request()
@@ -255,7 +257,7 @@ def test_requested_outputs() -> None:
     _invalid(request, "unknown requested output 'LOGITS'")
     request = _request()
     request.outputs.add(name="PROBABILITIES").parameters["classification"].int64_param = 2
-    assert codec.decode_request(request).outputs[0].classification == 2
+    assert codec.decode_request(request, max_texts=MAX_TEXTS).outputs[0].classification == 2
     request = _request()
     request.outputs.add(name="LABEL").parameters["classification"].int64_param = 2
     _invalid(request, "applies to output 'PROBABILITIES' only")
@@ -296,7 +298,7 @@ def test_known_parameters_and_custom_ones() -> None:
     request.parameters["timeout"].int64_param = 250_000
     request.parameters["binary_data_output"].bool_param = False
     request.parameters["my_custom"].string_param = "ignored"
-    decoded = codec.decode_request(request)
+    decoded = codec.decode_request(request, max_texts=MAX_TEXTS)
     assert decoded.timeout_s == pytest.approx(0.25) and decoded.binary_output is False
 
 
@@ -307,7 +309,7 @@ def _answer() -> Answer:
 
 
 def test_raw_response_reads_back_through_tritonclient_infer_result() -> None:
-    decoded = codec.decode_request(_request(id="abc"))
+    decoded = codec.decode_request(_request(id="abc"), max_texts=MAX_TEXTS)
     response = codec.encode_response(decoded, _answer())
     result = InferResult(triton_pb.ModelInferResponse.FromString(response.SerializeToString()))
     np.testing.assert_array_equal(result.as_numpy("PROBABILITIES"), _answer().probabilities)
@@ -321,7 +323,7 @@ def test_raw_response_reads_back_through_tritonclient_infer_result() -> None:
 def test_only_requested_outputs_in_request_order() -> None:
     request = _request()
     request.outputs.add(name="LABEL")
-    response = codec.encode_response(codec.decode_request(request), _answer())
+    response = codec.encode_response(codec.decode_request(request, max_texts=MAX_TEXTS), _answer())
     assert [o.name for o in response.outputs] == ["LABEL"] and len(response.raw_output_contents) == 1
     result = InferResult(triton_pb.ModelInferResponse.FromString(response.SerializeToString()))
     assert result.as_numpy("LABEL").tolist() == [b"business", b"tech"]
@@ -331,7 +333,7 @@ def test_only_requested_outputs_in_request_order() -> None:
 def test_typed_contents_when_binary_output_is_off() -> None:
     request = _request()
     request.parameters["binary_data_output"].bool_param = False
-    response = codec.encode_response(codec.decode_request(request), _answer())
+    response = codec.encode_response(codec.decode_request(request, max_texts=MAX_TEXTS), _answer())
     assert not response.raw_output_contents
     probs, label = response.outputs
     assert np.allclose(np.array(probs.contents.fp32_contents).reshape(2, 3), _answer().probabilities)
@@ -341,7 +343,7 @@ def test_typed_contents_when_binary_output_is_off() -> None:
 def test_classification_extension() -> None:
     request = _request()
     request.outputs.add(name="PROBABILITIES").parameters["classification"].int64_param = 2
-    response = codec.encode_response(codec.decode_request(request), _answer())
+    response = codec.encode_response(codec.decode_request(request, max_texts=MAX_TEXTS), _answer())
     result = InferResult(triton_pb.ModelInferResponse.FromString(response.SerializeToString()))
     assert result.as_numpy("PROBABILITIES").tolist() == [
         [b"0.700000:0:business", b"0.200000:1:sport"], [b"0.800000:2:tech", b"0.150000:1:sport"]]
@@ -362,7 +364,7 @@ def test_decoding_arbitrary_requests_only_ever_raises_invalid_argument(raw, shap
     request.inputs.add(name=name, datatype=datatype, shape=shape).contents.bytes_contents.extend(contents)
     request.raw_input_contents.extend([raw] * raw_count)
     try:
-        decoded = codec.decode_request(request)
+        decoded = codec.decode_request(request, max_texts=MAX_TEXTS)
     except InvalidArgument as exc:
         assert exc.message
     else:
@@ -377,3 +379,25 @@ def test_raw_decoding_round_trips_or_reports_truncation(items, cut) -> None:
     if cut < len(raw):
         with pytest.raises(InvalidArgument):
             codec.decode_bytes_raw(raw[:cut], len(items))
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_text_count_is_checked_from_the_shape_before_any_element_is_decoded(raw: bool) -> None:
+    """The hostile 4 MiB of ~1M empty elements: refused on the declared count. Every element is
+    invalid UTF-8 and the raw data is cut short, so an answer other than "too many texts" would
+    mean some element was decoded first."""
+    count = 1_048_000
+    request = pb.ModelInferRequest(model_name="news")
+    tensor = request.inputs.add(name="TEXT", datatype="BYTES", shape=[count])
+    if raw:
+        request.raw_input_contents.append(codec.encode_bytes_raw([b"\xff"] * 10)[:-1])
+    else:
+        tensor.contents.bytes_contents.extend([b"\xff"] * count)
+    _invalid(request, f"too many texts: {count} > {MAX_TEXTS}")
+
+
+def test_raw_elements_beyond_the_declared_count_are_not_decoded() -> None:
+    request = pb.ModelInferRequest(model_name="news")
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(codec.encode_bytes_raw([b"ok"] + [b""] * 1_000_000))
+    _invalid(request, "bytes after the 1 elements")

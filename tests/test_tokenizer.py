@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from bundle.tokenization import PAD_ID, UNK_ID, TextEncoder
 from training.tokenizer import train_tokenizer
@@ -68,3 +69,102 @@ def test_ids_equal_the_offset_tracking_encoder(encoder: TextEncoder) -> None:
     texts = [*CORPUS, "", "  ", "MARKET\u00a0fell", "ﬁle ＦＩＬＥ", "market. " * 50, "a\x00b\u200bc"]
     slow = [e.ids for e in encoder.tokenizer.encode_batch(texts, add_special_tokens=False)]
     assert encoder.token_ids(texts) == slow
+
+
+# -- bounded work (docs/service.md "Bounded work per text") ----------------------------------
+
+# Characters that exercise every boundary the cut must respect: NFKC expansion into several words
+# (U+FDFA), ligatures, fullwidth and combining marks, compositions with punctuation ("=" + U+0338
+# -> "≠"), final sigma, CJK (one token per character), punctuation, every ASCII whitespace.
+_ALPHABET = ["market", "file", "a", "Σ", "σ", "ς", "\ufdfa", "\ufb01", "Ｍ", "\u0301", "=", "\u0338", "市", "场",
+             ".", ",", "!", "-", " ", " ", " ", "\n", "\t", "\r", "\u00a0", "\u3000", "x", "🎉"]
+
+
+class CountingEncoder(TextEncoder):
+    """The real encoder, recording the characters it hands to the tokenizer."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[list[str]] = []
+
+    def token_ids(self, texts):
+        self.calls.append(list(texts))
+        return super().token_ids(texts)
+
+    @property
+    def chars(self) -> int:
+        return sum(len(t) for call in self.calls for t in call)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_json(encoder: TextEncoder) -> str:
+    return encoder.tokenizer.to_str()
+
+
+def _first_cut_holds_enough(text: str, encoder: TextEncoder) -> bool:
+    """The docs' "fits in the budget": the text is within the budget, or its prefix up to the last
+    ASCII whitespace within the budget holds more than max_len tokens."""
+    if len(text) <= encoder.char_budget:
+        return True
+    cut = max(text.rfind(c, 0, encoder.char_budget + 1) for c in " \n\t\r")
+    return cut > 0 and len(encoder.token_ids([text[:cut]])[0]) > encoder.max_len
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.sampled_from(_ALPHABET), max_size=120), max_len=st.integers(1, 12))
+@example(words=[".", ".", "🎉", "=", "\u0338"] + [" ", "market"] * 10, max_len=3)  # a cut at 4 would split "🎉≠"
+@example(words=["a"] * 7 + ["=", "\u0338", "x", "x"], max_len=1)  # a cut before U+0338 splits "a≠" in two
+@example(words=["a", " ", "Σ", "Σ", "Σ", "Σ", "Σ", "Σ", "Σ", "a"], max_len=1)  # final sigma depends on what follows
+def test_bounded_encoding_keeps_the_ids_of_texts_within_budget(tokenizer_json: str, words: list[str],
+                                                               max_len: int) -> None:
+    encoder = TextEncoder.from_json(tokenizer_json, max_len)
+    text = "".join(words)
+    [bounded] = encoder.encode([text])
+    full = encoder.token_ids([text])[0]
+    if _first_cut_holds_enough(text, encoder):
+        assert bounded.ids.tolist() == (full[:max_len] or [UNK_ID])
+        assert bounded.truncated == (len(full) > max_len)
+    else:  # cut: a defined answer, always flagged
+        assert bounded.truncated
+        assert 1 <= bounded.length <= max_len
+
+
+HOSTILE = {
+    "a-space": "a " * 32768,
+    "dots": "." * 65536,
+    "nfkc-18x": "\ufdfa" * 21845,  # 3 UTF-8 bytes each, NFKC -> 18 characters and 4 words
+    "no-space": "x" * 65536,
+    "nfkc-no-token": "\u3300" * 21845,  # NFKC -> 4 characters of one word
+    "space-then-word": "a " + "x" * 65534,
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_texts_cost_a_bounded_number_of_characters(tokenizer_json: str, name: str) -> None:
+    """64 KiB texts of the most expensive kinds: the tokenizer sees at most ~2x the budget per
+    text, and the answer is a defined, truncated one."""
+    max_len = 384
+    encoder = CountingEncoder(train_tokenizer(CORPUS, vocab_size=500, min_frequency=1), max_len)
+    text = HOSTILE[name]
+    encoded = encoder.encode([text] * 64)
+    assert encoder.chars <= 64 * 2 * encoder.char_budget, encoder.chars
+    assert all(e.truncated and 1 <= e.length <= max_len for e in encoded)
+    assert len({tuple(e.ids.tolist()) for e in encoded}) == 1
+
+
+def test_short_texts_are_tokenized_once_in_full(tokenizer_json: str) -> None:
+    encoder = CountingEncoder(train_tokenizer(CORPUS, vocab_size=500, min_frequency=1), 384)
+    texts = ["The market rallied today.", "", "Рынок вырос сегодня. рынок"]
+    encoded = encoder.encode(texts)
+    assert encoder.calls == [texts]
+    assert [e.ids.tolist() for e in encoded] == [ids or [UNK_ID] for ids in encoder.token_ids(texts)]
+
+
+def test_long_text_needs_at_most_two_rounds_when_words_are_ordinary() -> None:
+    """A long legitimate text: the second round's prefix is extrapolated from the first's
+    characters per token, so the tokenizer does not crawl up in small steps."""
+    encoder = CountingEncoder(train_tokenizer(CORPUS, vocab_size=500, min_frequency=1), 64)
+    text = "The market rallied today, and the MARKET fell again! " * 40
+    [encoded] = encoder.encode([text])
+    assert len(encoder.calls) == 2
+    assert encoded.truncated and encoded.ids.tolist() == encoder.token_ids([text])[0][:64]

@@ -17,11 +17,11 @@ from service.api import kserve_codec as codec
 from service.api.common import CallInfo, add_servicer, answer_in_stream, deadline_of, stream, unary
 from service.api.streams import ordered_concurrently
 from service.api.kserve_config import PLATFORM, model_config
-from service.api.kserve_stats import InferenceStatistics
+from service.api.kserve_stats import statistics_message
 from service.auth import authorization_values
 from service.core import InferenceCore
 from service.errors import InvalidArgument, NotFound
-from service.types import LoadedModel
+from service.types import ClassifyRequest, LoadedModel
 from textclf_protos.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ def _earliest(*deadlines: float | None) -> float | None:
 class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: InferenceCore) -> None:
         self.core = core
-        self.stats = InferenceStatistics()
         self._version = server_version()
 
     # -- health ----------------------------------------------------------------------------
@@ -108,25 +107,15 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest, deadline: float | None,
                      call: CallInfo) -> pb.ModelInferResponse:
-        decoded = codec.decode_request(request)
+        decoded = codec.decode_request(request, max_texts=self.core.settings.max_texts_per_request)
         timeout = None if decoded.timeout_s is None else time.monotonic() + decoded.timeout_s
-        start = time.perf_counter()
-        try:
-            result = await self.core.classify(decoded.model_name, decoded.version, decoded.texts,
-                                              deadline=_earliest(deadline, timeout), api=call.api)
-        except Exception:
-            self._count_failure(decoded, time.perf_counter() - start)
-            raise
+        classify = ClassifyRequest(model=decoded.model_name, version=decoded.version, texts=decoded.texts,
+                                   deadline=_earliest(deadline, timeout))
+        model = self.core.resolve(classify)
+        call.resolved(model.name, model.version)
+        result = await self.core.classify(model, classify)
         call.resolved(result.model_name, result.model_version)
-        self.stats.success(result.model_name, result.model_version, len(decoded.texts), time.perf_counter() - start)
         return codec.encode_response(decoded, result)
-
-    def _count_failure(self, decoded: codec.InferInput, seconds: float) -> None:
-        try:  # statistics are kept for loaded models only, never for names a client made up
-            model = self.core.get_model(decoded.model_name, decoded.version)
-        except Exception:  # noqa: BLE001 - the request's own error is what the client sees
-            return
-        self.stats.failure(model.name, model.version, seconds)
 
     @stream(f"{API}.ModelStreamInfer")
     async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest], context,
@@ -157,7 +146,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             models = [m for m in models if m.name == model.name and (not request.version or m.version == model.version)]
         elif request.version:
             raise InvalidArgument("a version needs a model name")
-        return pb.ModelStatisticsResponse(model_stats=[self.stats.message(m.name, m.version) for m in models])
+        return pb.ModelStatisticsResponse(model_stats=[
+            statistics_message(m.name, m.version, self.core.statistics.snapshot(m.name, m.version)) for m in models])
 
     # -- model repository ------------------------------------------------------------------
     @unary(f"{API}.RepositoryIndex")

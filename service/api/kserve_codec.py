@@ -250,8 +250,9 @@ def _contents_in_use(contents: pb.InferTensorContents) -> list[str]:
     return [field.name for field, _ in contents.ListFields()]
 
 
-def decode_texts(request: pb.ModelInferRequest) -> list[str]:
-    """The texts of a ModelInferRequest's single ``TEXT`` input, strictly validated."""
+def decode_texts(request: pb.ModelInferRequest, max_texts: int) -> list[str]:
+    """The texts of a ModelInferRequest's single ``TEXT`` input, strictly validated. The count is
+    checked against ``max_texts`` from the declared shape before any element is decoded."""
     if len(request.inputs) != 1:
         names = ", ".join(show(t.name) for t in request.inputs[:4]) or "none"
         raise InvalidArgument(
@@ -266,6 +267,8 @@ def decode_texts(request: pb.ModelInferRequest) -> list[str]:
         raise InvalidArgument(
             f"input parameter {show(key)} is not supported (inputs take no parameters; no shared memory)")
     count = _text_count(tensor.shape)
+    if count > max_texts:
+        raise InvalidArgument(f"too many texts: {count} > {max_texts} per request")
     used = _contents_in_use(tensor.contents)
     wrong = [name for name in used if name != "bytes_contents"]
     if wrong:
@@ -280,21 +283,22 @@ def decode_texts(request: pb.ModelInferRequest) -> list[str]:
             raise InvalidArgument(f"raw_input_contents must have one entry per input (1), got {len(raw)}")
         items = decode_bytes_raw(raw[0], count)
     else:
-        items = list(tensor.contents.bytes_contents)
-        if len(items) != count:
+        elements = len(tensor.contents.bytes_contents)
+        if elements != count:
             raise InvalidArgument(
                 f"input {TEXT_INPUT!r} has shape {list(tensor.shape)} ({count} elements) "
-                f"but {len(items)} elements of data")
+                f"but {elements} elements of data")
+        items = list(tensor.contents.bytes_contents)
     return _utf8(items, TEXT_INPUT)
 
 
-def decode_request(request: pb.ModelInferRequest) -> InferInput:
+def decode_request(request: pb.ModelInferRequest, *, max_texts: int) -> InferInput:
     """Validate a whole ModelInferRequest: model, version, parameters, input and outputs."""
     name = require_model_name(request.model_name)
     version = parse_version(request.model_version)
     binary_output, timeout_s = _request_parameters(request.parameters)
     outputs = _requested_outputs(request.outputs)
-    texts = decode_texts(request)
+    texts = decode_texts(request, max_texts)
     return InferInput(model_name=name, version=version, request_id=request.id, texts=texts,
                       outputs=outputs, binary_output=binary_output, timeout_s=timeout_s)
 

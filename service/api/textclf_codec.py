@@ -7,7 +7,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from service.errors import InvalidArgument
-from service.types import Classification, LoadedModel
+from service.types import Classification, ClassifyRequest, LoadedModel
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 
 DEFAULT_TOP_K = 1
@@ -26,6 +26,12 @@ def version_of(message: Any) -> int | None:
     if message.version < 1:
         raise InvalidArgument(f"version must be >= 1, got {message.version}")
     return int(message.version)
+
+
+def classify_request(request: pb.ClassifyRequest, deadline: float | None) -> ClassifyRequest:
+    """The core's request; the texts stay the repeated field (the core checks their count first)."""
+    return ClassifyRequest(model=model_name_of(request.model), version=version_of(request), texts=request.texts,
+                           deadline=deadline)
 
 
 def top_k_of(request: pb.ClassifyRequest, num_labels: int) -> int:

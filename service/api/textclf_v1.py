@@ -21,11 +21,11 @@ class TextClassifierServicer(pb_grpc.TextClassifierServicer):
         self.core = core
 
     async def _classify(self, request: pb.ClassifyRequest, deadline: float | None, call: CallInfo) -> pb.ClassifyResponse:
-        model = self.core.get_model(codec.model_name_of(request.model), codec.version_of(request))
+        classify = codec.classify_request(request, deadline)
+        model = self.core.resolve(classify)
         call.resolved(model.name, model.version)
         top_k = codec.top_k_of(request, len(model.labels))
-        result = await self.core.classify(model.name, codec.version_of(request), list(request.texts),
-                                          deadline=deadline, api=call.api)
+        result = await self.core.classify(model, classify)
         call.resolved(result.model_name, result.model_version)
         return codec.classify_response(result, top_k)
 

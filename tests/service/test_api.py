@@ -123,3 +123,28 @@ def test_message_over_receive_limit_is_resource_exhausted(start_server, bundles)
             c.classify(["market " * 400], "news")
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert c.classify(["market"], "news").version == 2
+
+
+def test_model_statistics_count_both_apis(server, client) -> None:
+    """The core keeps the statistics: KServe ModelStatistics counts textclf.v1 traffic too, and
+    a failure after the model was resolved (too many texts) counts as a failure."""
+    from textclf_protos.inference import grpc_service_pb2 as kpb, grpc_service_pb2_grpc as kpb_grpc
+
+    stub = kpb_grpc.GRPCInferenceServiceStub(client.channel)
+
+    def stats():
+        [entry] = stub.ModelStatistics(kpb.ModelStatisticsRequest(name="news", version="2")).model_stats
+        return entry
+
+    before = stats()
+    client.classify(["the market rallied", "team"], "news")
+    request = kpb.ModelInferRequest(model_name="news")
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"goal")
+    stub.ModelInfer(request)
+    with pytest.raises(grpc.RpcError):
+        client.classify(["x"] * 1000, "news")
+    after = stats()
+    assert after.inference_count - before.inference_count == 3
+    assert after.execution_count - before.execution_count == 2
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 2
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1

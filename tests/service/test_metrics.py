@@ -37,3 +37,56 @@ def test_metrics_move_with_traffic(start_server, bundles) -> None:
     assert 1 <= batches < len(results), "concurrent requests must have been batched together"
     assert metric(after, "textclf_inference_duration_seconds_count", **v2) == batches
     assert metric(after, "textclf_queue_depth", **v2) == 0
+
+
+def _half_open(port: int, count: int) -> list:
+    """``count`` connections that send part of a request head and then nothing (slowloris)."""
+    import socket
+
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        sockets.append(sock)
+    return sockets
+
+
+def test_idle_connections_cannot_exhaust_the_metrics_endpoint(start_server, bundles) -> None:
+    """300 half-sent requests: no thread is added for them and a scrape still answers (the
+    endpoint evicts the connections that waited longest for their headers)."""
+    import threading
+
+    server = start_server()
+    scrape(server.metrics_url)
+    threads_before = threading.active_count()
+    sockets = _half_open(server.app.metrics_port, 300)
+    try:
+        samples = scrape(server.metrics_url)
+        assert metric(samples, "textclf_model_loaded", model="news", version="2") == 1
+        assert threading.active_count() <= threads_before
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_metrics_endpoint_closes_a_connection_that_never_finishes_its_headers() -> None:
+    """The same server class serves the multi-worker supervisor's endpoint (service/supervisor.py)."""
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from service.metrics import MetricsHTTPServer
+
+    http = MetricsHTTPServer(CollectorRegistry(), "127.0.0.1", 0, header_timeout=0.2)
+    try:
+        [sock] = _half_open(http.server_port, 1)
+        start = time.monotonic()
+        assert sock.recv(1024) == b""  # closed by the server, not answered
+        assert time.monotonic() - start < 4
+        sock.close()
+        [sock] = _half_open(http.server_port, 1)
+        sock.sendall(b"\r\n")
+        assert sock.recv(1024).startswith(b"HTTP/1.1 200 OK")
+        sock.close()
+    finally:
+        http.shutdown()

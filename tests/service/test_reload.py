@@ -121,3 +121,43 @@ def test_repository_control_errors(bundles, start_server) -> None:
     disabled = start_server(repository_control=False)
     with pytest.raises(Unimplemented, match="disabled"):
         disabled.call(disabled.app.core.load_model("news"))
+
+
+def test_reload_race_ids_come_from_the_tokenizer_of_the_version_that_computes_them(repo_path, start_server) -> None:
+    """Deterministic: a request resolved to version 1 is held right before its version's scheduler
+    while version 2, with a much smaller vocabulary, replaces version 1. Released, the request is
+    answered by version 2 exactly as version 2 answers it (its ids from version 2's tokenizer;
+    version 1's ids would index past version 2's embedding table)."""
+    make_onnx_bundle(repo_path, name="news", version=1, seed=1)
+    server = start_server(max_versions=1, **CONTROL)
+    texts = ["the striker scored twice and the team won the match", "investors expect the bank to raise rates"]
+    v1 = server.app.core.get_model("news", 1)
+    arrived, release = threading.Event(), server.call(_new_event())
+    real_submit = v1.scheduler.submit
+
+    async def held_submit(*args, **kwargs):
+        arrived.set()
+        await release.wait()
+        return await real_submit(*args, **kwargs)
+
+    v1.scheduler.submit = held_submit
+    with TextclfClient(server.address, retry=False, timeout=20) as client, ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(client.classify, texts, "news", top_k=3)
+        assert arrived.wait(10)
+        v2 = make_onnx_bundle(repo_path, name="news", version=2, seed=2, corpus=["market rallied"])
+        assert v2.encoder.vocab_size < 8
+        server.call(server.app.core.load_model("news"))
+        assert server.app.core.model_versions("news") == [2]
+        server.loop.call_soon_threadsafe(release.set)
+        result = answer.result(20)
+    assert result.version == 2
+    expected = v2.expected_probabilities(texts)
+    for row, prediction in enumerate(result.predictions):
+        for label, probability in prediction.top:
+            assert abs(probability - expected[row][v2.labels.index(label)]) < 1e-5
+
+
+async def _new_event():
+    import asyncio
+
+    return asyncio.Event()

@@ -1,0 +1,381 @@
+"""Hostile-load benchmark (issue 9): legitimate traffic with and without an attack of the most
+expensive valid requests.
+
+1. starts ``python -m service`` (defaults: batching on);
+2. measures capacity: closed loop, ``--concurrency`` callers, single-text requests;
+3. no attack: ``--legit-clients`` closed-loop callers paced to ``--legit-fraction`` (0.5) of that
+   capacity, for ``--seconds``;
+4. attack: the same legitimate callers while a separate process sends the most expensive valid
+   requests it can build, closed loop: 64 texts of ~64 KiB (the 4 MiB message limit) of
+   ``"a "`` repeated, ``"."`` repeated, U+FDFA (NFKC: 18 characters, 4 words) and no spaces at
+   all, over textclf.v1 and KServe (raw contents); KServe requests declaring ~1M empty elements;
+   and ClassifyStreams that keep writing such requests and never read an answer;
+5. after: 10 s (``--after-seconds``) without traffic, then the server's RSS and threads again.
+
+Reports legitimate p50/p99 without and with the attack, per hostile kind how long requests took
+to be answered and with which status, and the server's CPU, RSS and threads in each phase; checks
+the goals (legit p99 under attack <= 2x, every hostile request answered within 1 s, RSS within
++100 MB 10 s after, no thread growth) and prints them. Asserts nothing (``--quick`` is run by
+tests/test_bench_hostile.py so it cannot rot).
+
+    python bench/bench_hostile.py --repository models
+    python bench/bench_hostile.py --quick --repository /tmp/tiny-models --texts-jsonl texts.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc  # noqa: E402
+
+import serving_support as support  # noqa: E402
+from open_loop import CHANNEL_OPTIONS, make_caller, measure_capacity  # noqa: E402
+from serving_load import process_cpu_seconds  # noqa: E402
+
+logger = logging.getLogger("bench_hostile")
+
+TEXTS_PER_REQUEST = 64
+TEXT_CHARS = {"a-space": ("a ", 32_000), "dots": (".", 64_000), "nfkc-18x": ("\ufdfa", 21_300),
+              "no-space": ("x", 64_000)}  # ~64 KiB of UTF-8 each: 64 of them fill a 4 MiB message
+EMPTY_ELEMENTS = 1_000_000
+HOSTILE_TIMEOUT_S = 10.0
+GOALS = {"legit_p99_under_attack_le_2x": 2.0, "hostile_answered_within_s": 1.0, "rss_growth_after_le_mb": 100.0}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", type=Path, default=ROOT / "models")
+    p.add_argument("--model", default="news")
+    p.add_argument("--texts-jsonl", type=Path, help="legitimate texts ({'text': ...} per line; default: BBC News)")
+    p.add_argument("--tokens", type=int, default=40, help="tokens per legitimate text")
+    p.add_argument("--concurrency", type=int, default=16, help="closed-loop callers measuring capacity")
+    p.add_argument("--capacity-seconds", type=float, default=5.0)
+    p.add_argument("--legit-clients", type=int, default=8)
+    p.add_argument("--legit-fraction", type=float, default=0.5, help="legitimate load as a fraction of capacity")
+    p.add_argument("--seconds", type=float, default=20.0, help="duration of the no-attack and the attack phase")
+    p.add_argument("--after-seconds", type=float, default=10.0)
+    p.add_argument("--hostile-clients", type=int, default=2, help="closed-loop callers per hostile request kind")
+    p.add_argument("--never-read-streams", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
+    p.add_argument("--server-arg", action="append", default=[], help="extra `python -m service` flag")
+    p.add_argument("--quick", action="store_true", help="seconds, not minutes: for the test that keeps this alive")
+    p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "hostile.json")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.capacity_seconds, args.seconds, args.after_seconds = 1.0, 2.0, 1.0
+        args.concurrency, args.legit_clients, args.hostile_clients, args.never_read_streams = 4, 2, 1, 1
+    return args
+
+
+# ----------------------------------------------------------------------------- server sampling
+
+def _status(pid: int) -> dict[str, int]:
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) // 1024, "threads": int(fields["Threads"])}
+
+
+def _thread_names(pid: int) -> dict[str, int]:
+    """The server's threads by name (which pool a new thread belongs to)."""
+    names: Counter[str] = Counter()
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            names[comm.read_text().strip()] += 1
+        except OSError:
+            continue
+    return dict(names)
+
+
+@dataclass
+class Sampler:
+    """Server CPU (cores busy), RSS and threads every ``interval`` seconds while running."""
+
+    pid: int
+    interval: float = 0.5
+    samples: list[dict[str, float]] = field(default_factory=list)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        last_cpu, last_t = process_cpu_seconds(self.pid) or 0.0, time.monotonic()
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass
+            cpu, now = process_cpu_seconds(self.pid) or 0.0, time.monotonic()
+            self.samples.append({"cpu_cores": (cpu - last_cpu) / max(now - last_t, 1e-9), **_status(self.pid)})
+            last_cpu, last_t = cpu, now
+
+    def summary(self) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        return {"cpu_cores_mean": sum(s["cpu_cores"] for s in self.samples) / len(self.samples),
+                "rss_mb_max": max(s["rss_mb"] for s in self.samples),
+                "threads_max": max(s["threads"] for s in self.samples)}
+
+
+# ----------------------------------------------------------------------------- legitimate load
+
+async def paced_closed_loop(call, clients: int, rate: float, seconds: float) -> dict:
+    """``clients`` callers, each with one call outstanding at most, together paced to ``rate``."""
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
+    interval = clients / rate
+    t0 = time.monotonic()
+    end = t0 + seconds
+
+    async def client(k: int) -> None:
+        due = t0 + k * interval / clients
+        i = k
+        while due < end:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))  # pacing, not synchronising
+            start = time.perf_counter()
+            try:
+                await call(i)
+                codes["OK"] += 1
+                latencies.append((time.perf_counter() - start) * 1e3)
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+            due += interval
+            i += clients
+
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return {"requests": sum(codes.values()), "per_s": codes["OK"] / seconds, "codes": dict(codes),
+            "p50_ms": support.percentile(latencies, 50), "p99_ms": support.percentile(latencies, 99)}
+
+
+async def legit_phase(address: str, model: str, texts: list[str], clients: int, rate: float, seconds: float,
+                      pid: int) -> dict:
+    sampler, stop = Sampler(pid), asyncio.Event()
+    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        call = make_caller(channel, "textclf", address, model, texts)
+        sampling = asyncio.ensure_future(sampler.run(stop))
+        result = await paced_closed_loop(call, clients, rate, seconds)
+        stop.set()
+        await sampling
+    return {**result, "server": sampler.summary()}
+
+
+# ----------------------------------------------------------------------------- hostile load
+
+def _hostile_payloads(model: str) -> dict[str, tuple[str, bytes]]:
+    """kind -> (full method name, serialized request): built once, sent as raw bytes."""
+    from service.api.kserve_codec import encode_bytes_raw
+    from textclf_protos.inference import grpc_service_pb2 as kpb
+    from textclf_protos.textclf.v1 import textclf_pb2 as pb
+
+    payloads = {}
+    for kind, (unit, repeat) in TEXT_CHARS.items():
+        texts = [unit * repeat] * TEXTS_PER_REQUEST
+        payloads[f"textclf/{kind}"] = ("/textclf.v1.TextClassifier/Classify",
+                                       pb.ClassifyRequest(model=model, texts=texts).SerializeToString())
+        request = kpb.ModelInferRequest(model_name=model)
+        request.inputs.add(name="TEXT", datatype="BYTES", shape=[len(texts)])
+        request.raw_input_contents.append(encode_bytes_raw([t.encode() for t in texts]))
+        payloads[f"kserve/{kind}"] = ("/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
+    request = kpb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[EMPTY_ELEMENTS])
+    request.raw_input_contents.append(encode_bytes_raw([b""] * EMPTY_ELEMENTS))
+    payloads["kserve/1M-empty-elements"] = ("/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
+    return payloads
+
+
+async def _hostile_attack(address: str, model: str, clients: int, streams: int, seconds: float) -> dict:
+    payloads = _hostile_payloads(model)
+    records: dict[str, list[tuple[float, str]]] = {kind: [] for kind in payloads}
+    written = [0]
+    end = time.monotonic() + seconds
+    channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(clients)]
+
+    async def caller(channel: grpc.aio.Channel, kind: str) -> None:
+        method, body = payloads[kind]
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            try:
+                await call(body, timeout=HOSTILE_TIMEOUT_S)
+                code = "OK"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            records[kind].append((time.perf_counter() - start, code))
+
+    async def never_read(channel: grpc.aio.Channel) -> None:
+        from textclf_protos.textclf.v1 import textclf_pb2 as pb
+        request = pb.ClassifyRequest.FromString(payloads["textclf/nfkc-18x"][1])
+        stream = channel.stream_stream("/textclf.v1.TextClassifier/ClassifyStream",
+                                       request_serializer=lambda m: m.SerializeToString(),
+                                       response_deserializer=None)()
+        try:
+            i = 0
+            while time.monotonic() < end:
+                try:
+                    await asyncio.wait_for(stream.write(pb.ClassifyStreamRequest(id=str(i), request=request)),
+                                           max(0.01, end - time.monotonic()))
+                except TimeoutError:
+                    break  # flow control: the server stopped reading this stream
+                written[0] += 1
+                i += 1
+        finally:
+            stream.cancel()
+
+    tasks = [caller(channels[c % len(channels)], kind) for kind in payloads for c in range(clients)]
+    # their own connections: a stream that is never read stalls its connection (HTTP/2 flow control)
+    stream_channels = [grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS + [("grpc.use_local_subchannel_pool", 1)])
+                       for _ in range(streams)]
+    tasks += [never_read(channel) for channel in stream_channels]
+    await asyncio.gather(*tasks)
+    for channel in channels + stream_channels:
+        await channel.close()
+    summary = {}
+    for kind, rows in records.items():
+        latencies = [s * 1e3 for s, _ in rows]
+        summary[kind] = {"requests": len(rows), "codes": dict(Counter(code for _, code in rows)),
+                         "p50_ms": support.percentile(latencies, 50), "max_ms": max(latencies, default=float("nan"))}
+    return {"kinds": summary, "never_read_streams": streams, "never_read_messages_written": written[0]}
+
+
+def _attack_process(address: str, model: str, clients: int, streams: int, seconds: float, out) -> None:
+    """The hostile clients in their own process, so building and sending 4 MiB messages does not
+    slow the legitimate clients' event loop."""
+    out.put(asyncio.run(_hostile_attack(address, model, clients, streams, seconds)))
+
+
+# ----------------------------------------------------------------------------- server-side timing
+
+SERVER_SIDE_APIS = ("kserve.ModelInfer", "textclf.v1.ClassifyStream.message")  # only hostile clients use them
+
+
+def server_side_within(url: str, seconds: float = 1.0) -> dict[str, dict[str, float]]:
+    """Per API: requests the server answered so far, and how many within ``seconds`` of the
+    servicer taking them (``textclf_request_duration_seconds``; excludes the upload of the
+    request and gRPC core's queue, which the client-side times include)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts = {api: {"answered": 0.0, "within": 0.0} for api in SERVER_SIDE_APIS}
+    for family in text_string_to_metric_families(text):
+        if family.name != "textclf_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            api = sample.labels.get("api")
+            if api not in counts:
+                continue
+            if sample.name.endswith("_count"):
+                counts[api]["answered"] += sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == seconds:
+                counts[api]["within"] += sample.value
+    return counts
+
+
+# ----------------------------------------------------------------------------- run
+
+async def run(args: argparse.Namespace, server: support.ServerProcess, texts: list[str]) -> dict:
+    async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        capacity = await measure_capacity(channel, "textclf", server.address, args.model, texts,
+                                          concurrency=args.concurrency, seconds=args.capacity_seconds)
+    rate = max(1.0, capacity["per_s"] * args.legit_fraction)
+    logger.info("capacity %.0f req/s; legitimate load %.0f req/s", capacity["per_s"], rate)
+    before = _status(server.pid)
+    baseline = await legit_phase(server.address, args.model, texts, args.legit_clients, rate, args.seconds, server.pid)
+    logger.info("no attack: %s", baseline)
+    rss_baseline = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    attacker = context.Process(target=_attack_process, args=(server.address, args.model, args.hostile_clients,
+                                                             args.never_read_streams, args.seconds + 1.0, out))
+    attacker.start()
+    await asyncio.sleep(1.0)  # let the attack build up before measuring (pacing, not synchronising)
+    attacked = await legit_phase(server.address, args.model, texts, args.legit_clients, rate, args.seconds,
+                                 server.pid)
+    hostile = await asyncio.get_running_loop().run_in_executor(None, out.get)
+    attacker.join(30)
+    hostile["server_side"] = server_side_within(server.metrics_url)
+    logger.info("under attack: %s", attacked)
+    await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
+    after = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
+    hostile_max = max((k["max_ms"] for k in hostile["kinds"].values() if k["requests"]), default=float("nan"))
+    goals = {
+        "legit_p99_under_attack_le_2x": attacked["p99_ms"] <= GOALS["legit_p99_under_attack_le_2x"] * baseline["p99_ms"],
+        "hostile_answered_within_1s": hostile_max <= 1000 * GOALS["hostile_answered_within_s"],
+        "rss_after_within_100mb": after["rss_mb"] - rss_baseline["rss_mb"] <= GOALS["rss_growth_after_le_mb"],
+        "no_thread_growth": after["threads"] <= rss_baseline["threads"],
+    }
+    return {"capacity": capacity, "legit_rate_per_s": rate, "start": before, "no_attack": baseline,
+            "no_attack_end": rss_baseline, "attack": attacked, "hostile": hostile, "after": after,
+            "hostile_max_ms": hostile_max, "goals": goals}
+
+
+def format_report(result: dict) -> str:
+    base, attack, after, idle = result["no_attack"], result["attack"], result["after"], result["no_attack_end"]
+    lines = [f"capacity {result['capacity']['per_s']:.0f} req/s; legitimate load {result['legit_rate_per_s']:.0f} req/s",
+             "", "| phase | legit OK/s | legit p50 ms | legit p99 ms | legit errors | server CPU (cores) | RSS MB | threads |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, phase in (("no attack", base), ("under attack", attack)):
+        errors = {k: v for k, v in phase["codes"].items() if k != "OK"}
+        server = phase["server"]
+        lines.append(f"| {name} | {phase['per_s']:.0f} | {phase['p50_ms']:.1f} | {phase['p99_ms']:.1f} | {errors or 0} "
+                     f"| {server.get('cpu_cores_mean', float('nan')):.2f} | {server.get('rss_mb_max', '-')} "
+                     f"| {server.get('threads_max', '-')} |")
+    lines.append(f"| end of no attack (idle) | | | | | | {idle['rss_mb']} | {idle['threads']} |")
+    lines.append(f"| {result.get('after_seconds', 10):.0f} s after the attack | | | | | | {after['rss_mb']} "
+                 f"| {after['threads']} |")
+    lines += ["", "| hostile request | sent | statuses | p50 ms | max ms |", "|---|---|---|---|---|"]
+    for kind, row in result["hostile"]["kinds"].items():
+        lines.append(f"| {kind} | {row['requests']} | {row['codes']} | {row['p50_ms']:.0f} | {row['max_ms']:.0f} |")
+    lines.append(f"| ClassifyStream never read ({result['hostile']['never_read_streams']} streams) "
+                 f"| {result['hostile']['never_read_messages_written']} messages written | – | – | – |")
+    lines += ["", "server side (from the servicer taking a hostile request to its answer):"]
+    for api, row in result["hostile"]["server_side"].items():
+        lines.append(f"- {api}: {row['within']:.0f} of {row['answered']:.0f} answered within 1 s")
+    lines += ["", "goals: " + ", ".join(f"{k}={'met' if v else 'NOT met'}" for k, v in result["goals"].items())]
+    return "\n".join(lines)
+
+
+def load_texts(args: argparse.Namespace, bundle: support.Bundle) -> list[str]:
+    from bundle.tokenization import TextEncoder
+    encoder = TextEncoder.from_file(bundle.path / "tokenizer.json", int(bundle.card.max_len))
+    source = support.jsonl_texts(args.texts_jsonl) if args.texts_jsonl else support.bbc_corpus_texts()
+    return support.make_texts(encoder, source, args.tokens, 16 if args.quick else 64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    bundle = support.find_bundle(args.repository, args.model) or support.build_random_bundle(args.model)
+    texts = load_texts(args, bundle)
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
+    started, load_start = time.time(), os.getloadavg()
+    server = support.start_server(bundle.repository, batching=True, threads=args.threads, extra_args=args.server_arg,
+                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, log_dir=log_dir)
+    try:
+        result = asyncio.run(run(args, server, texts))
+    finally:
+        server.stop()
+    result["after_seconds"] = args.after_seconds
+    report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_report(result))
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

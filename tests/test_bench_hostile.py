@@ -1,0 +1,41 @@
+"""The hostile-load benchmark still runs end to end (bench/bench_hostile.py --quick on a tiny
+bundle): real server process, legitimate and hostile clients. The numbers are not checked, only
+that every phase ran, every kind of hostile request got an answer with a status, and the report
+carries the goals docs/reliability.md relies on."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.onnx_bundle import make_onnx_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = "the bank market rates striker team phone chip final shares rose fell goal scored software".split()
+
+
+def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
+    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
+    rng = random.Random(0)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(60))}) + "\n"
+                             for _ in range(40)), encoding="utf-8")
+    output = tmp_path / "hostile.json"
+    run = subprocess.run([sys.executable, "bench/bench_hostile.py", "--quick", "--repository", str(tmp_path / "models"),
+                          "--texts-jsonl", str(texts), "--tokens", "20", "--output", str(output)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["no_attack"]["codes"].get("OK", 0) > 0 and result["attack"]["codes"].get("OK", 0) > 0
+    kinds = result["hostile"]["kinds"]
+    assert {"textclf/nfkc-18x", "kserve/no-space", "kserve/1M-empty-elements"} <= set(kinds)
+    for kind, row in kinds.items():
+        assert row["requests"] > 0 and sum(row["codes"].values()) == row["requests"], kind
+    assert kinds["kserve/1M-empty-elements"]["codes"] == {"INVALID_ARGUMENT": kinds["kserve/1M-empty-elements"]["requests"]}
+    assert set(result["goals"]) == {"legit_p99_under_attack_le_2x", "hostile_answered_within_1s",
+                                    "rss_after_within_100mb", "no_thread_growth"}
+    assert result["after"]["rss_mb"] > 0 and result["after"]["threads"] > 0
+    assert set(result["hostile"]["server_side"]) == {"kserve.ModelInfer", "textclf.v1.ClassifyStream.message"}
+    assert "goals:" in run.stdout
