@@ -107,6 +107,9 @@ class Settings:
         check(not (self.grpc_max_pending_requests and self.grpc_max_pending_requests_hard_limit)
               or self.grpc_max_pending_requests <= self.grpc_max_pending_requests_hard_limit,
               "grpc_max_pending_requests", "must be <= grpc_max_pending_requests_hard_limit")
+        check(self.max_texts_per_request <= self.max_queue_size, "max_texts_per_request",
+              f"must be <= max_queue_size={self.max_queue_size}: a request of max_texts_per_request texts "
+              "could never be admitted, even on an idle server")
         check(self.length_bucket_ratio >= 1.0, "length_bucket_ratio", "must be >= 1")
         check(not (self.repository_control and self.workers > 1), "repository_control",
               "cannot be on with workers > 1: a load/unload RPC would reach one worker process only; "

@@ -557,7 +557,8 @@ def test_cancellation_is_honoured_before_compute(bundles, start_server, api) -> 
 
 def test_full_queue_fails_fast_on_both_apis_while_admitted_calls_complete(bundles, start_server) -> None:
     delay = 0.3  # the admitted texts wait this long for batch-mates: the time of one batch here
-    server = start_server(max_queue_delay_ms=delay * 1000, max_batch_size=64, max_queue_size=4)
+    server = start_server(max_queue_delay_ms=delay * 1000, max_batch_size=64, max_queue_size=4,
+                          max_texts_per_request=4)
     stubs = Stubs(server.address)
     try:
         admitted_at = time.monotonic()
