@@ -117,7 +117,7 @@ class Caller(threading.Thread):
 
 class StreamCaller(threading.Thread):
     """Keeps one bidirectional stream (ClassifyStream or ModelStreamInfer) busy, one message at a
-    time, and ends it after an in-stream UNAVAILABLE (the server is draining): records each
+    time, and ends it after an in-stream UNAVAILABLE or when the draining server ends it: records each
     message's (start, end, code, details) under ``<api>.message``, and each stream's status."""
 
     def __init__(self, address: str, api: str, stop: threading.Event) -> None:
@@ -217,8 +217,10 @@ def test_sigterm_under_load_client_and_server_tallies_agree(bundles, repo_path) 
     assert client == server_counts, f"client {dict(client)} != server {final} (+{dict(never_reached)} never reached)"
     drained = sum(1 for _api, start, end, code, _d in calls if start < sigterm_at < end and code == "OK")
     assert drained > 0, "calls in flight at SIGTERM must complete"
-    for api in ("textclf.v1.ClassifyStream.message", "kserve.ModelStreamInfer.message"):
-        assert client[(api, "UNAVAILABLE")] >= 1, f"{api}: messages after SIGTERM are refused in the stream"
+    for api in ("textclf.v1.ClassifyStream", "kserve.ModelStreamInfer"):
+        # open streams stop reading at the drain and end UNAVAILABLE (tests/test_drain.py); a
+        # message read just before may still be refused in the stream
+        assert client[(api, "UNAVAILABLE")] >= 1, f"{api}: the open stream must end UNAVAILABLE at SIGTERM"
     assert client[(CLASSIFY, "OK")] >= 20 and client[(INFER, "OK")] >= 20
 
 

@@ -31,7 +31,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from service.auth import authorization_values
-from service.errors import Internal, InvalidArgument, ServiceError
+from service.errors import Internal, InvalidArgument, ServiceError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +150,33 @@ async def _decoded(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield message
 
 
+STREAM_DRAINED = "server is shutting down: this stream is closed after its answered messages; reconnect to retry"
+
+
+async def _until_draining(messages: AsyncIterator[Any], draining: asyncio.Event) -> AsyncIterator[Any]:
+    """The request stream until the server starts draining; then it ends with Unavailable, so the
+    stream answers the messages it already read and closes with UNAVAILABLE (retryable) right
+    away, instead of holding the shutdown for the whole grace period while its client idles."""
+    iterator = messages.__aiter__()
+    drained = asyncio.ensure_future(draining.wait())
+    try:
+        while not draining.is_set():
+            read = asyncio.ensure_future(iterator.__anext__())
+            await asyncio.wait((read, drained), return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
+                break
+            try:
+                message = read.result()
+            except StopAsyncIteration:
+                return
+            yield message
+        raise Unavailable(STREAM_DRAINED)
+    finally:
+        drained.cancel()
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The call's deadline on the ``time.monotonic()`` clock, or None."""
     remaining = context.time_remaining()
@@ -246,8 +273,8 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
-                if hasattr(request, "__aiter__"):  # a request stream: undecodable messages end it
-                    request = _decoded(request)
+                if hasattr(request, "__aiter__"):  # a request stream: undecodable messages end it,
+                    request = _until_draining(_decoded(request), self.core.drain_started)  # so does a drain
                 async for item in method(self, request, context, call):
                     yield item
             except BaseException as exc:  # noqa: BLE001
