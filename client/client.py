@@ -188,6 +188,7 @@ class TextclfClient:
         self.timeout = timeout
         self.metadata = tuple(metadata)
         self.retry_policy = retry_policy if retry else RetryPolicy(max_attempts=1)
+        self.retries = 0  # calls repeated by this client's own retry (observability; approximate under threads)
 
     def __enter__(self) -> "TextclfClient":
         return self
@@ -219,6 +220,7 @@ class TextclfClient:
                     raise
                 time.sleep(pause)
                 attempt += 1
+                self.retries += 1
 
     def classify(self, texts: Sequence[str], model: str, version: int | None = None, top_k: int | None = None,
                  *, timeout: float | None = None) -> ClassifyResult:

@@ -4,7 +4,8 @@ Two service replicas (``python -m service`` with compose's environment, a tiny b
 (Debian) running the repo's deploy/nginx/nginx.conf rendered for them the way the nginx image
 renders it, and Prometheus (Debian) running the repo's deploy/prometheus/ files unchanged (the
 replicas reach it through the config's file_sd directory, as any non-DNS replica would).
-Bounded client traffic goes through nginx with our client and its UNAVAILABLE retry policy.
+Bounded client traffic goes through nginx with our client: its gRPC retry policy (UNAVAILABLE,
+CANCELLED) and its own retry of calls reset mid-response (RST_STREAM from nginx).
 
 Proves: both replicas serve behind nginx; Prometheus scrapes both and loads the rules; SIGKILL
 of one replica mid-traffic and SIGTERM (drain) + restart of the other lose no client call.
@@ -35,12 +36,11 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client.client import ClassifyResult, TextclfClient, channel_options, classify_request, retry_service_config
+from client.client import TextclfClient, retry_service_config
 from service.healthcheck import check as health_check
 from tests.support.deploy_env import REPO, compose_service, env_of, require_tools
 from tests.support.onnx_bundle import make_onnx_bundle
 from tests.support.service_process import free_port
-from textclf_protos.textclf.v1 import textclf_pb2_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +57,6 @@ TRAFFIC_THREADS = 4
 # handed to the application (a grpc.aio server accepts one call at a time), even within the
 # grace period; a client never retries its own cancellations, so this only covers that case.
 DEPLOY_RETRY_CODES = ("UNAVAILABLE", "CANCELLED")
-
-
-def deploy_channel(address: str) -> grpc.Channel:
-    """A channel with the client library's options and its retry service config for DEPLOY_RETRY_CODES."""
-    options = [(k, v) for k, v in channel_options(retry=True) if k != "grpc.service_config"]
-    options.append(("grpc.service_config", retry_service_config(codes=DEPLOY_RETRY_CODES)))
-    return grpc.insecure_channel(address, options=options)
 
 
 # ------------------------------------------------------------------------------ plumbing
@@ -198,7 +191,7 @@ class Traffic:
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
-    _channel: grpc.Channel | None = None
+    _client: TextclfClient | None = None
 
     @property
     def completed(self) -> int:
@@ -206,14 +199,14 @@ class Traffic:
             return sum(self.outcomes.values())
 
     def _run(self, worker: int) -> None:
-        assert self._channel is not None
-        stub = textclf_pb2_grpc.TextClassifierStub(self._channel)
+        assert self._client is not None
         i = 0
         while not self._stop.is_set():
             texts = [TEXTS[(worker + i) % len(TEXTS)]]
             i += 1
             try:
-                result = ClassifyResult.from_proto(stub.Classify(classify_request(texts, MODEL), timeout=15.0))
+                # our client: gRPC's retry policy, plus its own retry of calls reset mid-response
+                result = self._client.classify(texts, MODEL, timeout=15.0)
                 outcome = "OK" if len(result.predictions) == 1 else "WRONG_ANSWER"
             except grpc.RpcError as exc:
                 outcome = exc.code().name
@@ -223,7 +216,10 @@ class Traffic:
                 self.outcomes[outcome] += 1
 
     def start(self) -> None:
-        self._channel = deploy_channel(self.address)
+        # the client's default gRPC retry policy covers the codes docs/deployment.md recommends
+        assert set(DEPLOY_RETRY_CODES) <= set(json.loads(retry_service_config())["methodConfig"][0]["retryPolicy"]
+                                                  ["retryableStatusCodes"])
+        self._client = TextclfClient(self.address, retry=True)
         for worker in range(TRAFFIC_THREADS):
             thread = threading.Thread(target=self._run, args=(worker,), name=f"traffic-{worker}", daemon=True)
             thread.start()
@@ -234,12 +230,16 @@ class Traffic:
         target = self.completed + calls
         wait_for(lambda: self.completed >= target, timeout, f"{calls} more client calls {what}")
 
+    @property
+    def client_retries(self) -> int:
+        return self._client.retries if self._client is not None else 0
+
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
-        if self._channel is not None:
-            self._channel.close()
+        if self._client is not None:
+            self._client.close()
 
 
 # ------------------------------------------------------------------------------- fixture
@@ -418,8 +418,8 @@ def test_sigkill_and_drain_lose_no_client_call(topology: Topology) -> None:
     total = traffic.completed
     failovers, retried_by_client = nginx_failovers(topology.nginx_access_log)
     logger.info("client outcomes: %s; nginx re-sent %d calls to the other replica; %d attempts ended "
-                "non-OK at nginx and were retried by the client policy", dict(traffic.outcomes), failovers,
-                retried_by_client)
+                "non-OK at nginx and were retried by the client policy (%d by the client's own retry of calls "
+                "reset mid-response)", dict(traffic.outcomes), failovers, retried_by_client, traffic.client_retries)
     assert traffic.outcomes["OK"] == total and total >= 650, (
         f"lost client calls: {dict(traffic.outcomes)}; first failures: {traffic.failures[:5]}")
     # the dead replica really was tried mid-traffic: nginx re-sent calls to the live one
