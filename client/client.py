@@ -82,14 +82,19 @@ class RetryPolicy:
         return min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
+_NEVER_CONNECTED = ("failed to connect to all addresses", "DNS resolution failed", "empty address list")
+
+
 def is_transient(error: grpc.RpcError) -> bool:
     """Whether a failed call may succeed when repeated (on this or another replica): UNAVAILABLE
-    (refused, draining, connection lost), CANCELLED that this process did not ask for (a proxy or
+    (draining, connection lost; not "failed to connect": gRPC's policy covers that), CANCELLED that this process did not ask for (a proxy or
     server shedding or closing), and a stream reset by the transport mid-response (INTERNAL/UNKNOWN
     "RST_STREAM" / "Stream removed"). A server's own INTERNAL answer is not transient."""
     code, details = error.code(), error.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return True
+        # no connection at all (refused, TLS handshake, DNS): gRPC's policy and reconnect backoff
+        # already retried it; repeating only delays the error the caller must see
+        return not any(marker in details for marker in _NEVER_CONNECTED)
     if code == grpc.StatusCode.CANCELLED:
         return "Channel closed" not in details  # our own channel.close() is final
     return code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and (

@@ -16,6 +16,7 @@ from client.client import RetryPolicy, TextclfClient
 from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
                                     start_server)
 from tests.support.reset_proxy import ResetProxy
+from tests.test_hardening import fail_next_batch
 
 EXPECTED = {"rst_stream": (grpc.StatusCode.INTERNAL, "RST_STREAM"), "connection_reset": (grpc.StatusCode.UNAVAILABLE, "")}
 
@@ -73,16 +74,7 @@ def test_retries_are_bounded_and_respect_the_deadline(bundles, start_server) -> 
 def test_a_server_internal_answer_is_not_retried(bundles, start_server) -> None:
     """Only transport resets are transient: a server's own INTERNAL answer comes back at once."""
     server = start_server()
-    scheduler = server.app.repository.get("news").scheduler
-    original = scheduler._take_batch
-    failures = [RuntimeError("injected batcher failure")]
-
-    def take_batch_failing_once():
-        if failures:
-            raise failures.pop()
-        return original()
-
-    scheduler._take_batch = take_batch_failing_once
+    fail_next_batch(server.app.repository.get("news").scheduler)
     with TextclfClient(server.address, timeout=10) as client:
         with pytest.raises(grpc.RpcError) as info:
             client.classify(["the market"], "news")  # a retry would have succeeded

@@ -145,9 +145,8 @@ def test_control_rpcs_check_the_token_before_parsing_the_request(bundles, start_
     assert metric(samples, "textclf_requests_total", api="kserve.RepositoryModelLoad", code=code.name) == 1
 
 
-def test_a_failing_batcher_loop_fails_its_pending_calls_with_internal(bundles, start_server, caplog) -> None:
-    server = start_server()
-    scheduler = server.app.repository.get("news").scheduler
+def fail_next_batch(scheduler) -> None:
+    """Make the batcher loop of ``scheduler`` (a DynamicBatcher) raise once, deterministically."""
     original = scheduler._take_batch
     failures = [RuntimeError("injected batcher failure")]
 
@@ -157,6 +156,11 @@ def test_a_failing_batcher_loop_fails_its_pending_calls_with_internal(bundles, s
         return original()
 
     scheduler._take_batch = take_batch_failing_once
+
+
+def test_a_failing_batcher_loop_fails_its_pending_calls_with_internal(bundles, start_server, caplog) -> None:
+    server = start_server()
+    fail_next_batch(server.app.repository.get("news").scheduler)
     with grpc.insecure_channel(server.address) as channel, caplog.at_level(logging.ERROR, logger="service.batching"):
         stub = pb_grpc.TextClassifierStub(channel)
         start = time.monotonic()
