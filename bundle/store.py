@@ -143,6 +143,9 @@ def publish_bundle(
     unknown = [name for name in sources if Path(name).name != name or name == CARD_FILE]
     if unknown:
         raise BundleError(f"not bundle file names: {', '.join(unknown)}")
+    absent = [name for name in HASHED_FILES if name not in sources]
+    if absent:  # a file verification requires: pass it in extra_files
+        raise BundleError(f"publishing {card.name} needs {', '.join(absent)} (bundle.card.HASHED_FILES)")
     card.version = version
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
