@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import re
 import signal
@@ -95,6 +96,8 @@ def test_sigterm_ends_open_streams_promptly_after_their_answers(bundles, repo_pa
         assert end.code() == grpc.StatusCode.UNAVAILABLE and end.details() == STREAM_DRAINED, end
     assert error.status() == "StatusCode.UNAVAILABLE" and STREAM_DRAINED in error.message(), error
     # 1.5 s batch delay + 0.5 s drain delay + start-up of the exit; the grace period is 60 s
+    logging.getLogger(__name__).info("SIGTERM to exit with 3 open streams: %.2f s (grace %.0f s)", shutdown_seconds,
+                                     GRACE)
     assert shutdown_seconds < 10, f"shutdown took {shutdown_seconds:.1f} s"
     final = json.loads(server.wait_line(FINAL_COUNTS).group(1))
     assert final["textclf.v1.ClassifyStream"] == {"UNAVAILABLE": 2}, final
