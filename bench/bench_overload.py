@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     bundle = support.find_bundle(args.repository, args.model) or support.build_random_bundle(args.model)
     texts = load_texts(bundle, args.tokens)
     extra = ["--max-queue-size", str(args.max_queue_size), "--max-batch-size", str(args.max_batch_size),
-             *args.server_arg]
+             # settings refuse a request limit the queue could never admit
+             "--max-texts-per-request", str(min(256, args.max_queue_size)), *args.server_arg]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-overload-"))
     started = time.time()
     load_start = os.getloadavg()

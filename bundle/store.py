@@ -7,14 +7,17 @@ and renamed into place, so a reader sees either no version or a complete one. Hi
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
-from bundle.card import BUNDLE_FILES, CARD_FILE, MODEL_FILE, TOKENIZER_FILE, ModelCard
+from bundle.card import BUNDLE_FILES, CARD_FILE, HASHED_FILES, MODEL_FILE, TOKENIZER_FILE, ModelCard, card_problems
+from bundle.onnx_external import MalformedOnnx, external_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -55,30 +58,57 @@ def list_versions(repository: str | Path, name: str) -> list[int]:
 
 
 def verify_bundle(path: str | Path, *, require_parity: bool = True) -> ModelCard:
-    """Check that a bundle is complete and untampered; return its card or raise BundleError."""
+    """Check that a bundle is complete and untampered; return its card or raise BundleError.
+
+    model.json must match the card schema (``bundle.card.card_problems``); every file in
+    ``HASHED_FILES`` (and any other file the card lists in ``sha256``) must match its digest; the
+    answer-relevant card fields (labels, max_len) must match ``answers_sha256``."""
     bundle_dir = Path(path)
     missing = [f for f in BUNDLE_FILES if not (bundle_dir / f).is_file()]
     if missing:
         raise BundleError(f"bundle {bundle_dir} is missing {', '.join(missing)}")
     try:
-        card = ModelCard.load(bundle_dir / CARD_FILE)
-        if not isinstance(card.sha256, dict) or not isinstance(card.labels, list):
-            raise TypeError("sha256 must be an object and labels a list")
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        data = json.loads((bundle_dir / CARD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
         raise BundleError(f"bundle {bundle_dir}: unreadable {CARD_FILE}: {exc}") from exc
-    for file_name in (MODEL_FILE, TOKENIZER_FILE):
+    problems = card_problems(data)
+    if problems:
+        raise BundleError(f"bundle {bundle_dir}: {CARD_FILE} does not match the card schema: {'; '.join(problems)}")
+    card = ModelCard.from_dict(data)
+    for file_name in sorted(set(HASHED_FILES) | set(card.sha256)):
         expected = card.sha256.get(file_name)
         if not expected:
             raise BundleError(f"bundle {bundle_dir}: {CARD_FILE} has no sha256 for {file_name}")
-        actual = sha256_file(bundle_dir / file_name)
-        if actual != expected:
+        if Path(file_name).name != file_name or file_name in (CARD_FILE, "", ".", ".."):
+            raise BundleError(f"bundle {bundle_dir}: {CARD_FILE} lists a sha256 for {file_name[:80]!r}, "
+                              "which is not a bundle file name")
+        file_path = bundle_dir / file_name
+        if not file_path.is_file():
+            raise BundleError(f"bundle {bundle_dir} is missing {file_name} (listed in {CARD_FILE})")
+        if sha256_file(file_path) != expected:
             raise BundleError(f"bundle {bundle_dir}: sha256 mismatch for {file_name}")
-    if len(card.labels) < 2 or len(set(card.labels)) != len(card.labels):
-        raise BundleError(f"bundle {bundle_dir}: labels must be >= 2 distinct names")
+    _refuse_external_data(bundle_dir)
+    if card.answers_digest() != card.answers_sha256:
+        raise BundleError(f"bundle {bundle_dir}: {CARD_FILE} labels/max_len do not match answers_sha256 "
+                          "(the label list or max_len was edited after publishing)")
     if require_parity and not card.parity_passed:
         state = "missing" if card.parity is None else "failed"
         raise BundleError(f"bundle {bundle_dir}: parity report {state}")
     return card
+
+
+def _refuse_external_data(bundle_dir: Path) -> None:
+    """The sha256 covers model.onnx only: a model whose weights live in ONNX external-data files
+    is refused (a malformed model.onnx is left for onnxruntime to reject with its own error)."""
+    try:
+        external = external_tensors((bundle_dir / MODEL_FILE).read_bytes())
+    except MalformedOnnx:
+        return
+    if external:
+        shown = ", ".join(name[:40] for name in external[:3]) + (", ..." if len(external) > 3 else "")
+        raise BundleError(f"bundle {bundle_dir}: {MODEL_FILE} keeps {len(external)} tensor(s) in ONNX external data "
+                          f"({shown}); only a self-contained {MODEL_FILE} is served (external files are not "
+                          "covered by its sha256)")
 
 
 def publish_bundle(
@@ -88,11 +118,13 @@ def publish_bundle(
     tokenizer_path: str | Path,
     *,
     version: int | None = None,
+    extra_files: Mapping[str, str | Path] | None = None,
 ) -> Path:
-    """Copy a model + tokenizer into ``<repository>/<card.name>/<version>/`` atomically.
+    """Copy a model + tokenizer (+ ``extra_files``: bundle file name -> source path, e.g. further
+    ``HASHED_FILES``) into ``<repository>/<card.name>/<version>/`` atomically.
 
-    ``version=None`` picks the next free version. sha256 digests are (re)computed here so the
-    card always matches the files. Returns the published directory.
+    ``version=None`` picks the next free version. sha256 digests (of every copied file) and
+    ``answers_sha256`` are (re)computed here so the card always matches. Returns the directory.
     """
     repo = Path(repository)
     validate_model_name(card.name)
@@ -106,12 +138,24 @@ def publish_bundle(
     target = model_dir / str(version)
     if target.exists():
         raise BundleError(f"{target} already exists; versions are immutable")
+    sources = {MODEL_FILE: Path(model_path), TOKENIZER_FILE: Path(tokenizer_path),
+               **{name: Path(source) for name, source in (extra_files or {}).items()}}
+    unknown = [name for name in sources if Path(name).name != name or name == CARD_FILE]
+    if unknown:
+        raise BundleError(f"not bundle file names: {', '.join(unknown)}")
+    absent = [name for name in HASHED_FILES if name not in sources]
+    if absent:  # a file verification requires: pass it in extra_files
+        raise BundleError(f"publishing {card.name} needs {', '.join(absent)} (bundle.card.HASHED_FILES)")
     card.version = version
-    card.sha256 = {MODEL_FILE: sha256_file(model_path), TOKENIZER_FILE: sha256_file(tokenizer_path)}
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
-        shutil.copyfile(model_path, staging / MODEL_FILE)
-        shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
+        for name, source in sources.items():  # hash the copies: what is published is what is hashed
+            shutil.copyfile(source, staging / name)
+        card.sha256 = {name: sha256_file(staging / name) for name in sources}
+        card.answers_sha256 = card.answers_digest()
+        problems = card_problems(card.to_dict())
+        if problems:  # never publish what verification would refuse
+            raise BundleError(f"card for {card.name} does not match the card schema: {'; '.join(problems)}")
         write_card(staging, card)
         os.chmod(staging, 0o755)
         os.rename(staging, target)

@@ -6,11 +6,17 @@
 
 Calls are retried on UNAVAILABLE (a replica restarting or draining) through gRPC's built-in
 retry policy: ``retry_service_config()`` returns the service-config JSON, reusable by any gRPC
-channel (e.g. ``grpc.insecure_channel(addr, options=channel_options())``).
+channel (e.g. ``grpc.insecure_channel(addr, options=channel_options())``). gRPC never retries a
+call once the response has begun (it is "committed"), so a replica killed mid-response (behind a
+proxy: RST_STREAM) would still fail the call; ``TextclfClient`` therefore also retries its unary
+calls itself when ``is_transient(error)`` (``RetryPolicy``: few attempts, jittered backoff, never
+past the call's deadline). Every textclf RPC is idempotent, so a repeat is safe.
 """
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +66,39 @@ def channel_options(retry: bool = True, max_message_bytes: int = 16 * 1024 * 102
     if retry:
         options.append(("grpc.service_config", retry_service_config()))
     return options
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The client's own retries of unary calls, on top of gRPC's retry policy (which stops once a
+    call is committed). ``max_attempts`` counts the first try; backoff doubles from
+    ``initial_backoff`` up to ``max_backoff``, each wait drawn from [50 %, 100 %] of it."""
+
+    max_attempts: int = 3
+    initial_backoff: float = 0.05
+    max_backoff: float = 1.0
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.max_backoff, self.initial_backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+_NEVER_CONNECTED = ("failed to connect to all addresses", "DNS resolution failed", "empty address list")
+
+
+def is_transient(error: grpc.RpcError) -> bool:
+    """Whether a failed call may succeed when repeated (on this or another replica): UNAVAILABLE
+    (draining, connection lost; not "failed to connect": gRPC's policy covers that), CANCELLED that this process did not ask for (a proxy or
+    server shedding or closing), and a stream reset by the transport mid-response (INTERNAL/UNKNOWN
+    "RST_STREAM" / "Stream removed"). A server's own INTERNAL answer is not transient."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # no connection at all (refused, TLS handshake, DNS): gRPC's policy and reconnect backoff
+        # already retried it; repeating only delays the error the caller must see
+        return not any(marker in details for marker in _NEVER_CONNECTED)
+    if code == grpc.StatusCode.CANCELLED:
+        return "Channel closed" not in details  # our own channel.close() is final
+    return code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN) and (
+        "RST_STREAM" in details or "Stream removed" in details)
 
 
 @dataclass(frozen=True)
@@ -141,6 +180,7 @@ class TextclfClient:
     ``tls_key`` (PEM paths, see ``tls_credentials``) make a TLS channel; otherwise plaintext."""
 
     def __init__(self, address: str, *, timeout: float | None = 10.0, retry: bool = True,
+                 retry_policy: RetryPolicy = RetryPolicy(),
                  credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (), tls: bool = False, tls_ca: str | None = None,
                  tls_cert: str | None = None, tls_key: str | None = None) -> None:
@@ -152,6 +192,8 @@ class TextclfClient:
         self.stub = pb_grpc.TextClassifierStub(self.channel)
         self.timeout = timeout
         self.metadata = tuple(metadata)
+        self.retry_policy = retry_policy if retry else RetryPolicy(max_attempts=1)
+        self.retries = 0  # calls repeated by this client's own retry (observability; approximate under threads)
 
     def __enter__(self) -> "TextclfClient":
         return self
@@ -165,9 +207,29 @@ class TextclfClient:
     def _kwargs(self, timeout: float | None) -> dict[str, Any]:
         return {"timeout": self.timeout if timeout is None else timeout, "metadata": self.metadata or None}
 
+    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        """``method(request)`` with the client's own bounded retries of transient failures; every
+        attempt gets only what is left of the call's deadline."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt = 1
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return method(request, timeout=remaining, metadata=self.metadata or None)
+            except grpc.RpcError as exc:
+                if attempt >= self.retry_policy.max_attempts or not is_transient(exc):
+                    raise
+                pause = self.retry_policy.backoff(attempt)
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                attempt += 1
+                self.retries += 1
+
     def classify(self, texts: Sequence[str], model: str, version: int | None = None, top_k: int | None = None,
                  *, timeout: float | None = None) -> ClassifyResult:
-        response = self.stub.Classify(classify_request(texts, model, version, top_k), **self._kwargs(timeout))
+        response = self._unary(self.stub.Classify, classify_request(texts, model, version, top_k), timeout)
         return ClassifyResult.from_proto(response)
 
     def classify_stream(self, requests: Iterable[tuple[str, pb.ClassifyRequest]], *,
@@ -182,13 +244,13 @@ class TextclfClient:
                                    answer.error.message)
 
     def list_models(self, *, timeout: float | None = None) -> list[pb.ModelSummary]:
-        return list(self.stub.ListModels(pb.ListModelsRequest(), **self._kwargs(timeout)).models)
+        return list(self._unary(self.stub.ListModels, pb.ListModelsRequest(), timeout).models)
 
     def get_model(self, name: str, version: int | None = None, *, timeout: float | None = None) -> ModelInfo:
         request = pb.GetModelRequest(name=name)
         if version is not None:
             request.version = version
-        m = self.stub.GetModel(request, **self._kwargs(timeout))
+        m = self._unary(self.stub.GetModel, request, timeout)
         return ModelInfo(m.name, m.version, list(m.versions), m.default_version, list(m.labels), m.max_len,
                          json_format.MessageToDict(m.metrics), json_format.MessageToDict(m.architecture),
                          json_format.MessageToDict(m.parity))

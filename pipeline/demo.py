@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from bundle.store import list_versions
+from bundle.store import BundleError, list_versions, verify_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +51,14 @@ def free_port(preferred: int) -> int:
 
 
 def ensure_bundle(repository: Path, name: str, run_dir: Path, train_args: Sequence[str]) -> None:
-    if list_versions(repository, name):
-        logger.info("using existing bundle %s (versions %s)", repository / name, list_versions(repository, name))
-        return
+    versions = list_versions(repository, name)
+    if versions:
+        try:
+            verify_bundle(repository / name / str(versions[-1]))
+            logger.info("using existing bundle %s (versions %s)", repository / name, versions)
+            return
+        except BundleError as exc:  # e.g. published before the card carried answers_sha256
+            logger.warning("the latest bundle would be refused by the service (%s): exporting a new version", exc)
     checkpoint = run_dir / "best.pt"
     if not checkpoint.exists():
         logger.info("no model yet: training the default model into %s (progress below)", run_dir)

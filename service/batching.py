@@ -260,16 +260,27 @@ class DynamicBatcher(_Base):
 
     async def _run_forever(self) -> None:
         while True:
-            if not self._pending:
-                if self._closed and not self._tokenizing:
-                    return
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            await self._wait_for_batch()
-            batch = self._take_batch()
-            if batch:
-                await self._compute(batch)
+            try:
+                if not self._pending:
+                    if self._closed and not self._tokenizing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                await self._wait_for_batch()
+                batch = self._take_batch()
+                if batch:
+                    await self._compute(batch)
+            except Exception:  # a bug here must fail the waiting callers, never leave them hanging
+                logger.exception("batcher of model %s version %s failed; failing its %d queued text(s)",
+                                 self.model, self.version, len(self._pending))
+                self._fail_pending(Internal())
+
+    def _fail_pending(self, error: Exception) -> None:
+        pending, self._pending = self._pending, []
+        for item in pending:
+            item.request.fail(error)
+        self._set_depth()
 
     async def _wait_for_batch(self) -> None:
         if self.max_queue_delay <= 0:
@@ -389,8 +400,17 @@ class DirectScheduler(_Base):
             self._observe_batch(len(encoded), time.perf_counter() - begin)
             return probabilities
 
+        loop = asyncio.get_running_loop()
         try:
-            probabilities = await asyncio.get_running_loop().run_in_executor(self.executor, job)
+            work = self.executor.submit(job)
+        except BaseException:
+            self._track(-len(texts))
+            raise
+        # the admission slot is held until the job itself is over: a caller that cancels while it
+        # runs must not free room for more work than max_queue_size (submit-and-cancel)
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._track, -len(texts)))
+        try:
+            probabilities = await asyncio.wrap_future(work, loop=loop)
         except asyncio.CancelledError:
             with lock:
                 if phase[0] == "queued":
@@ -400,8 +420,6 @@ class DirectScheduler(_Base):
         except Exception:
             logger.exception("inference failed for model %s version %s", self.model, self.version)
             raise Internal() from None
-        finally:
-            self._track(-len(texts))
         if probabilities is None:
             raise _deadline_error()
         return probabilities, encoded

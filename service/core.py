@@ -34,6 +34,7 @@ class InferenceCore:
         self.metrics = metrics
         self._started = False
         self._draining = False
+        self.drain_started = asyncio.Event()  # open streams stop reading and end when it is set
         self._calls_in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -53,6 +54,7 @@ class InferenceCore:
 
     def start_draining(self) -> None:
         self._draining = True
+        self.drain_started.set()
 
     def close(self) -> None:
         """After the server stopped: end the tokenizer threads."""

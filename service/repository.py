@@ -42,9 +42,22 @@ class RepositoryEvent:
 
 
 class Refused(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    """A bundle refused at stage ``reason``: ``detail`` goes to the log; ``public`` (no paths, no
+    library exception text) to RepositoryIndex and load RPC callers."""
+
+    def __init__(self, reason: str, detail: str, public: str | None = None) -> None:
         super().__init__(detail)
         self.reason, self.detail = reason, detail
+        self.public = public if public is not None else detail
+
+
+# what unauthenticated callers see of a refusal whose detail is library text (may hold paths)
+_GENERIC = {
+    "verification": "refused (verification): model.json is unreadable; details in the server log",
+    "load": "refused (load): onnxruntime or tokenizers could not load the bundle, or its logits do not match "
+            "its labels; details in the server log",
+    "warmup": "refused (warmup): the warm-up inferences failed; details in the server log",
+}
 
 
 def _signature(path: Path) -> Signature:
@@ -72,6 +85,7 @@ class ModelRepository:
         self._unloaded: set[str] = set()
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task] = set()
+        self._loads: set[asyncio.Task] = set()
         self._poller: asyncio.Task | None = None
         self.listeners: list[Callable[[RepositoryEvent], None]] = []
 
@@ -140,9 +154,12 @@ class ModelRepository:
             raise NotFound(f"model {name!r} is not in the model repository")
         if not self.contains(self.root / name):
             raise PermissionDenied(f"model {name!r} resolves outside the model repository (symlink); refused")
-        async with self._lock:
-            self._unloaded.discard(name)
-            refusals = await self._sync(name, explicit=True)
+        # shielded: a caller that cancels or times out does not abort the load half-way (the
+        # finished load would be dropped and the version left LOADING); it completes and is kept
+        task = asyncio.get_running_loop().create_task(self._explicit_load(name), name=f"load-{name}")
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+        refusals = await asyncio.shield(task)
         if refusals:
             detail = "; ".join(f"version {v}: {why}" for v, why in refusals)
             serving = self.versions(name)
@@ -150,6 +167,11 @@ class ModelRepository:
             raise FailedPrecondition(f"model {name!r}: refused {detail}; {still}")
         if not self.versions(name):
             raise FailedPrecondition(f"model {name!r} has no version to load")
+
+    async def _explicit_load(self, name: str) -> list[tuple[int, str]]:
+        async with self._lock:
+            self._unloaded.discard(name)
+            return await self._sync(name, explicit=True)
 
     async def unload(self, name: str) -> None:
         async with self._lock:
@@ -167,6 +189,7 @@ class ModelRepository:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
+        await asyncio.gather(*self._loads, return_exceptions=True)
         async with self._lock:
             models = [m for versions in self._models.values() for m in versions.values()]
             self._models = MappingProxyType({})
@@ -205,7 +228,7 @@ class ModelRepository:
                 self._refused.pop((name, version), None)
             except Refused as refusal:
                 self._refused[(name, version)] = signature
-                refusals.append((version, refusal.detail))
+                refusals.append((version, refusal.public))
         for key in [k for k in self._states if k[0] == name and k[1] not in on_disk]:
             del self._states[key]
         retired = [m for v, m in current.items() if v not in wanted]
@@ -228,7 +251,7 @@ class ModelRepository:
         except Refused as refusal:
             logger.warning("refused bundle %s version %d (%s): %s", name, version, refusal.reason, refusal.detail)
             self.metrics.bundle_refusals.labels(name, str(version), refusal.reason).inc()
-            self._states[(name, version)] = ModelState(name, version, "UNAVAILABLE", refusal.detail)
+            self._states[(name, version)] = ModelState(name, version, "UNAVAILABLE", refusal.public)
             self._emit(RepositoryEvent("refused", name, version, refusal.detail))
             raise
         scheduler = make_scheduler(runtime, self.executor, self.metrics, name, version, self.settings)
@@ -253,9 +276,11 @@ class ModelRepository:
         try:
             card = verify_bundle(path)
         except BundleError as exc:
-            raise Refused("verification", str(exc)) from None
+            # our own message; the public one names the bundle as name/version, not by its path
+            raise Refused("verification", str(exc), str(exc).replace(str(path), f"{name}/{version}")) from None
         except Exception as exc:  # a malformed card must be refused, never abort the scan or start-up
-            raise Refused("verification", f"unreadable bundle: {type(exc).__name__}: {str(exc)[:300]}") from None
+            raise Refused("verification", f"unreadable bundle: {type(exc).__name__}: {str(exc)[:300]}",
+                          _GENERIC["verification"]) from None
         if card.name != name or card.version != version:
             raise Refused("verification", f"card says {card.name}/{card.version}, directory is {name}/{version}")
         s = self.settings
@@ -263,12 +288,14 @@ class ModelRepository:
             runtime = ModelRuntime.load(path, card, providers=self.providers, intra_op_threads=s.intra_op_threads,
                                         inter_op_threads=s.inter_op_threads, spinning=s.intra_op_spinning)
         except Exception as exc:  # onnxruntime/tokenizers raise many types for a bad file
-            raise Refused("load", f"cannot load in onnxruntime: {type(exc).__name__}: {str(exc)[:300]}") from None
+            raise Refused("load", f"cannot load in onnxruntime: {type(exc).__name__}: {str(exc)[:300]}",
+                          _GENERIC["load"]) from None
         if s.warmup:
             try:
                 runtime.warmup(s.max_batch_size)
             except Exception as exc:
-                raise Refused("warmup", f"warm-up failed: {type(exc).__name__}: {str(exc)[:300]}") from None
+                raise Refused("warmup", f"warm-up failed: {type(exc).__name__}: {str(exc)[:300]}",
+                              _GENERIC["warmup"]) from None
         return runtime
 
     def _swap(self, name: str, versions: dict[int, LoadedModel]) -> None:

@@ -156,7 +156,8 @@ def grpc_server_options(settings: Settings, *, reuse_port: bool = False) -> list
     """Channel args of the gRPC server. ``reuse_port`` (SO_REUSEPORT) only for the workers of a
     multi-worker supervisor: a single server must fail to bind a port that is taken. The pending-call
     limits bound the backlog gRPC core keeps before the event loop takes a call (docs/reliability.md):
-    calls beyond them are shed by gRPC core and never reach a servicer (clients see CANCELLED)."""
+    calls beyond them are shed by gRPC core and never reach a servicer (clients see CANCELLED). The
+    connection age and idle limits send GOAWAY so clients reconnect (and a balancer can rebalance)."""
     options = [
         ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
@@ -164,6 +165,11 @@ def grpc_server_options(settings: Settings, *, reuse_port: bool = False) -> list
     ]
     if settings.max_concurrent_streams > 0:
         options.append(("grpc.max_concurrent_streams", settings.max_concurrent_streams))
+    for arg, seconds in (("grpc.max_connection_age_ms", settings.max_connection_age_seconds),
+                         ("grpc.max_connection_age_grace_ms", settings.max_connection_age_grace_seconds),
+                         ("grpc.max_connection_idle_ms", settings.max_connection_idle_seconds)):
+        if seconds > 0:  # 0 = gRPC's default: never
+            options.append((arg, max(1, round(seconds * 1000))))
     for arg, value in (("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
                        ("grpc.server.max_pending_requests_hard_limit", settings.grpc_max_pending_requests_hard_limit),
                        ("grpc.server_max_unrequested_time_in_server", settings.grpc_max_unrequested_seconds)):

@@ -47,6 +47,14 @@ class Settings:
         512, "calls gRPC core queues at most, per process; beyond it every new call is shed (0 = gRPC default 3000)")
     grpc_max_unrequested_seconds: int = _opt(
         5, "a call gRPC core queued this long without the event loop taking it is shed (0 = gRPC default 30)")
+    # Connection lifetime (issue 9): balancers can only rebalance connections that end
+    max_connection_age_seconds: float = _opt(
+        0.0, "a client connection older than this gets GOAWAY and reconnects (new calls then go where the balancer "
+             "sends them); 0 = never (deployments set it: docker-compose.yml, deploy/k8s)")
+    max_connection_age_grace_seconds: float = _opt(
+        30.0, "after that GOAWAY, calls and streams still open get this long before the connection is closed")
+    max_connection_idle_seconds: float = _opt(
+        300.0, "a connection with no call for this long gets GOAWAY (the client reconnects when it next calls); 0 = never")
     tls_cert: str = _opt("", "PEM server certificate; with tls_key enables TLS on the gRPC port")
     tls_key: str = _opt("", "PEM private key for tls_cert")
     tls_client_ca: str = _opt("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)")
@@ -114,11 +122,15 @@ class Settings:
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
                      "max_concurrent_streams"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
-        for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay"):
+        for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",
+                     "max_connection_age_grace_seconds", "max_connection_idle_seconds"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(not (self.grpc_max_pending_requests and self.grpc_max_pending_requests_hard_limit)
               or self.grpc_max_pending_requests <= self.grpc_max_pending_requests_hard_limit,
               "grpc_max_pending_requests", "must be <= grpc_max_pending_requests_hard_limit")
+        check(self.max_texts_per_request <= self.max_queue_size, "max_texts_per_request",
+              f"must be <= max_queue_size={self.max_queue_size}: a request of max_texts_per_request texts "
+              "could never be admitted, even on an idle server")
         check(self.length_bucket_ratio >= 1.0, "length_bucket_ratio", "must be >= 1")
         check(not (self.repository_control and self.workers > 1), "repository_control",
               "cannot be on with workers > 1: a load/unload RPC would reach one worker process only; "

@@ -38,7 +38,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from bundle.card import MODEL_FILE, TOKENIZER_FILE, ModelCard
+from bundle.card import MODEL_FILE, TOKENIZER_FILE, ModelCard, default_outputs
 from bundle.store import publish_bundle, sha256_file, write_card
 from client.client import classify_request
 from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
@@ -117,7 +117,7 @@ class Caller(threading.Thread):
 
 class StreamCaller(threading.Thread):
     """Keeps one bidirectional stream (ClassifyStream or ModelStreamInfer) busy, one message at a
-    time, and ends it after an in-stream UNAVAILABLE (the server is draining): records each
+    time, and ends it after an in-stream UNAVAILABLE or when the draining server ends it: records each
     message's (start, end, code, details) under ``<api>.message``, and each stream's status."""
 
     def __init__(self, address: str, api: str, stop: threading.Event) -> None:
@@ -217,8 +217,10 @@ def test_sigterm_under_load_client_and_server_tallies_agree(bundles, repo_path) 
     assert client == server_counts, f"client {dict(client)} != server {final} (+{dict(never_reached)} never reached)"
     drained = sum(1 for _api, start, end, code, _d in calls if start < sigterm_at < end and code == "OK")
     assert drained > 0, "calls in flight at SIGTERM must complete"
-    for api in ("textclf.v1.ClassifyStream.message", "kserve.ModelStreamInfer.message"):
-        assert client[(api, "UNAVAILABLE")] >= 1, f"{api}: messages after SIGTERM are refused in the stream"
+    for api in ("textclf.v1.ClassifyStream", "kserve.ModelStreamInfer"):
+        # open streams stop reading at the drain and end UNAVAILABLE (tests/test_drain.py); a
+        # message read just before may still be refused in the stream
+        assert client[(api, "UNAVAILABLE")] >= 1, f"{api}: the open stream must end UNAVAILABLE at SIGTERM"
     assert client[(CLASSIFY, "OK")] >= 20 and client[(INFER, "OK")] >= 20
 
 
@@ -296,6 +298,7 @@ def labels_disagree_with_logits(repo: Path, version: int) -> None:
         four = make_onnx_bundle(scratch, name="news", version=1, seed=version, labels=["a", "b", "c", "d"])
         card = ModelCard.load(four.path / "model.json")
         card.labels = ["business", "sport", "tech"]
+        card.outputs = default_outputs(3)  # the card is consistent; only the ONNX graph disagrees
         publish_bundle(repo, card, four.path / MODEL_FILE, four.path / TOKENIZER_FILE, version=version)
 
 
@@ -307,12 +310,67 @@ def malformed_card(repo: Path, version: int) -> None:
     (path / "model.json").write_text(json.dumps(data))
 
 
+def edited_card(edit: Callable[[dict], None]) -> Callable[[Path, int], None]:
+    """A valid bundle whose model.json is then edited in place (digests left as published)."""
+
+    def damage(repo: Path, version: int) -> None:
+        path = make_onnx_bundle(repo, name="news", version=version, seed=version).path
+        data = json.loads((path / "model.json").read_text())
+        edit(data)
+        (path / "model.json").write_text(json.dumps(data))
+
+    damage.__name__ = edit.__name__
+    return damage
+
+
+def labels_not_strings(card: dict) -> None:
+    card["labels"] = [0, 1, 2]
+
+
+def metrics_a_list(card: dict) -> None:
+    card["metrics"] = [0.9, 0.8]
+
+
+def labels_reordered(card: dict) -> None:
+    card["labels"] = card["labels"][::-1]
+
+
+def label_renamed(card: dict) -> None:
+    card["labels"][0] = "finance"
+
+
+def max_len_changed(card: dict) -> None:
+    card["max_len"] = 8
+
+
+def external_data(repo: Path, version: int) -> None:
+    """model.onnx that keeps its embedding in an external file beside it (model.onnx's digest is
+    right), and that file then tampered with: only a self-contained model.onnx is served."""
+    import onnx
+
+    path = make_onnx_bundle(repo, name="news", version=version, seed=version).path
+    model = onnx.load(str(path / MODEL_FILE))
+    onnx.save(model, str(path / MODEL_FILE), save_as_external_data=True, location="weights.bin", size_threshold=256)
+    weights = path / "weights.bin"
+    weights.write_bytes(bytes(len(weights.read_bytes())))  # zeroed weights: answers would change
+    card = ModelCard.load(path / "model.json")
+    card.sha256[MODEL_FILE] = sha256_file(path / MODEL_FILE)
+    write_card(path, card)
+
+
 BAD_BUNDLES = [
     (truncated_onnx, "load", "cannot load in onnxruntime"),
     (wrong_sha, "verification", "sha256 mismatch for model.onnx"),
     (missing_tokenizer, "verification", "missing tokenizer.json"),
     (labels_disagree_with_logits, "load", "logits"),
     (malformed_card, "verification", "model.json"),
+    # issue 9: the card is schema-checked and its answer-relevant fields are covered by a digest
+    (edited_card(labels_not_strings), "verification", "labels must be a list of at least 2 unique non-empty strings"),
+    (edited_card(metrics_a_list), "verification", "metrics must be an object"),
+    (edited_card(labels_reordered), "verification", "labels/max_len do not match answers_sha256"),
+    (edited_card(label_renamed), "verification", "labels/max_len do not match answers_sha256"),
+    (edited_card(max_len_changed), "verification", "labels/max_len do not match answers_sha256"),
+    (external_data, "verification", "ONNX external data"),
 ]
 
 
@@ -501,7 +559,8 @@ def test_cancellation_is_honoured_before_compute(bundles, start_server, api) -> 
 
 def test_full_queue_fails_fast_on_both_apis_while_admitted_calls_complete(bundles, start_server) -> None:
     delay = 0.3  # the admitted texts wait this long for batch-mates: the time of one batch here
-    server = start_server(max_queue_delay_ms=delay * 1000, max_batch_size=64, max_queue_size=4)
+    server = start_server(max_queue_delay_ms=delay * 1000, max_batch_size=64, max_queue_size=4,
+                          max_texts_per_request=4)
     stubs = Stubs(server.address)
     try:
         admitted_at = time.monotonic()

@@ -30,7 +30,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.errors import Internal, InvalidArgument, ServiceError
+from service.auth import authorization_values
+from service.errors import Internal, InvalidArgument, ServiceError, Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -84,8 +85,28 @@ def lenient_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes
     return parse
 
 
+@dataclass(frozen=True)
+class UnparsedRequest:
+    """The request bytes of a control RPC, parsed only after its token was checked (``unary(control=True)``)."""
+
+    data: bytes
+    deserialize: Callable[[bytes], Any]
+
+    def parse(self) -> Any:
+        message = lenient_deserializer(self.deserialize)(self.data)
+        if isinstance(message, UndecodableRequest):
+            raise message.error()
+        return message
+
+
+def _deferred_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    return lambda data: UnparsedRequest(data, deserialize)
+
+
 def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     parse, serialize = lenient_deserializer(handler.request_deserializer), handler.response_serializer
+    if getattr(handler.unary_unary, "authorize_before_parsing", False):
+        parse = _deferred_deserializer(handler.request_deserializer)
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(handler.stream_stream, parse, serialize)
     if handler.request_streaming:
@@ -127,6 +148,33 @@ async def _decoded(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
         if isinstance(message, UndecodableRequest):
             raise message.error()
         yield message
+
+
+STREAM_DRAINED = "server is shutting down: this stream is closed after its answered messages; reconnect to retry"
+
+
+async def _until_draining(messages: AsyncIterator[Any], draining: asyncio.Event) -> AsyncIterator[Any]:
+    """The request stream until the server starts draining; then it ends with Unavailable, so the
+    stream answers the messages it already read and closes with UNAVAILABLE (retryable) right
+    away, instead of holding the shutdown for the whole grace period while its client idles."""
+    iterator = messages.__aiter__()
+    drained = asyncio.ensure_future(draining.wait())
+    try:
+        while not draining.is_set():
+            read = asyncio.ensure_future(iterator.__anext__())
+            await asyncio.wait((read, drained), return_when=asyncio.FIRST_COMPLETED)
+            if not read.done():
+                read.cancel()
+                await asyncio.gather(read, return_exceptions=True)
+                break
+            try:
+                message = read.result()
+            except StopAsyncIteration:
+                return
+            yield message
+        raise Unavailable(STREAM_DRAINED)
+    finally:
+        drained.cancel()
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
@@ -176,8 +224,10 @@ async def _fail(metrics: Any, call: CallInfo, context: grpc.aio.ServicerContext,
     await context.abort(code, message)
 
 
-def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    """Decorate ``async def method(self, request, context, call)``; ``self.core.metrics`` is used."""
+def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Decorate ``async def method(self, request, context, call)``; ``self.core.metrics`` is used.
+    ``control=True`` (repository-control RPCs): the bearer token is checked
+    (``core.authorize_control``) before the request bytes are parsed at all."""
 
     def decorate(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(method)
@@ -186,6 +236,10 @@ def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
             start = time.perf_counter()
             self.core.call_started()
             try:
+                if control:
+                    self.core.authorize_control(authorization_values(context.invocation_metadata()))
+                if isinstance(request, UnparsedRequest):
+                    request = request.parse()
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
                 response = await method(self, request, context, call)
@@ -197,6 +251,7 @@ def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
             return response
 
+        wrapper.authorize_before_parsing = control  # type: ignore[attr-defined] - read by add_servicer
         return wrapper
 
     return decorate
@@ -218,8 +273,8 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
-                if hasattr(request, "__aiter__"):  # a request stream: undecodable messages end it
-                    request = _decoded(request)
+                if hasattr(request, "__aiter__"):  # a request stream: undecodable messages end it,
+                    request = _until_draining(_decoded(request), self.core.drain_started)  # so does a drain
                 async for item in method(self, request, context, call):
                     yield item
             except BaseException as exc:  # noqa: BLE001

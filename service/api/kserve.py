@@ -18,7 +18,6 @@ from service.api.common import CallInfo, add_servicer, answer_in_stream, deadlin
 from service.api.streams import ordered_concurrently
 from service.api.kserve_config import PLATFORM, model_config
 from service.api.kserve_stats import statistics_message
-from service.auth import authorization_values
 from service.core import InferenceCore
 from service.errors import InvalidArgument, NotFound
 from service.types import ClassifyRequest, LoadedModel
@@ -159,28 +158,22 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             entry(name=s.name, version=str(s.version), state=s.state, reason=s.reason)
             for s in self.core.repository_index() if not request.ready or s.state == "READY"])
 
-    @unary(f"{API}.RepositoryModelLoad")
+    @unary(f"{API}.RepositoryModelLoad", control=True)  # token checked before the request is parsed
     async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context,
                                   call: CallInfo) -> pb.RepositoryModelLoadResponse:
-        self._authorize(context)
         name = self._repository_request(request)
         await self.core.load_model(name)
         call.resolved(name, None)
         return pb.RepositoryModelLoadResponse()
 
-    @unary(f"{API}.RepositoryModelUnload")
+    @unary(f"{API}.RepositoryModelUnload", control=True)
     async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context,
                                     call: CallInfo) -> pb.RepositoryModelUnloadResponse:
-        self._authorize(context)
         # tritonclient always sends `unload_dependents`; our models have no dependents
         name = self._repository_request(request, accepted=("unload_dependents",))
         await self.core.unload_model(name)
         call.resolved(name, None)
         return pb.RepositoryModelUnloadResponse()
-
-    def _authorize(self, context: grpc.aio.ServicerContext) -> None:
-        """Before anything in the request is looked at: control on, and a valid bearer token."""
-        self.core.authorize_control(authorization_values(context.invocation_metadata()))
 
     @staticmethod
     def _repository_request(request: pb.RepositoryModelLoadRequest | pb.RepositoryModelUnloadRequest,

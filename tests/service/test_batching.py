@@ -73,7 +73,7 @@ def test_client_cancellation_is_dropped_before_compute(start_server, bundles) ->
 
 
 def test_full_queue_is_resource_exhausted(start_server, bundles) -> None:
-    server = start_server(max_queue_delay_ms=2000.0, max_batch_size=64, max_queue_size=4)
+    server = start_server(max_queue_delay_ms=2000.0, max_batch_size=64, max_queue_size=4, max_texts_per_request=4)
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.TextClassifierStub(channel)
         waiting = stub.Classify.future(classify_request(["a", "b", "c", "d"], "news"), timeout=30)
@@ -104,9 +104,11 @@ def test_batching_off_serves_each_request_alone(start_server, bundles) -> None:
 
 
 def test_batching_off_deadline_and_full_queue(start_server, bundles) -> None:
-    server = start_server(batching=False, max_queue_size=2)
+    server = start_server(batching=False, max_queue_size=2, max_texts_per_request=2)
     with TextclfClient(server.address, retry=False) as client:
+        # settings keep max_texts_per_request <= max_queue_size, so one request alone never fills the
+        # queue; a full queue with batching off: tests/test_hardening.py (a running call holds it)
         with pytest.raises(grpc.RpcError) as info:
             client.classify(["a", "b", "c"], "news")
-        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert client.classify(["a", "b"], "news").version == 2
