@@ -9,6 +9,10 @@ from typing import Any
 CARD_FORMAT = "textclf-bundle/1"
 MODEL_FILE, TOKENIZER_FILE, CARD_FILE = "model.onnx", "tokenizer.json", "model.json"
 BUNDLE_FILES = (MODEL_FILE, TOKENIZER_FILE, CARD_FILE)
+# golden.json: texts -> ids -> logits from the export (export/golden.py). Written by every export
+# since it exists; hashed in model.json and verified whenever the card lists it.
+GOLDEN_FILE = "golden.json"
+OPTIONAL_HASHED_FILES = (GOLDEN_FILE,)
 
 # The I/O contract of every exported model.
 INPUT_IDS, INPUT_LENGTHS, OUTPUT_LOGITS = "input_ids", "lengths", "logits"
@@ -41,7 +45,7 @@ class ModelCard:
     architecture: dict[str, Any]  # ModelConfig as a dict
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    sha256: dict[str, str]  # file name -> hex digest (model.onnx, tokenizer.json)
+    sha256: dict[str, str]  # file name -> hex digest (model.onnx, tokenizer.json[, golden.json])
     quantization: str = "none"  # "none" | "int8"
     opset: int = 18
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bundle.card import BUNDLE_FILES, CARD_FILE, MODEL_FILE, TOKENIZER_FILE, ModelCard
+from bundle.card import BUNDLE_FILES, CARD_FILE, GOLDEN_FILE, MODEL_FILE, OPTIONAL_HASHED_FILES, TOKENIZER_FILE, ModelCard
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,16 @@ def verify_bundle(path: str | Path, *, require_parity: bool = True) -> ModelCard
             raise TypeError("sha256 must be an object and labels a list")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise BundleError(f"bundle {bundle_dir}: unreadable {CARD_FILE}: {exc}") from exc
-    for file_name in (MODEL_FILE, TOKENIZER_FILE):
+    unknown = sorted(set(card.sha256) - {MODEL_FILE, TOKENIZER_FILE, *OPTIONAL_HASHED_FILES})
+    if unknown:
+        raise BundleError(f"bundle {bundle_dir}: {CARD_FILE} lists unknown files {unknown[:5]}")
+    listed_optional = [f for f in OPTIONAL_HASHED_FILES if f in card.sha256]
+    for file_name in (MODEL_FILE, TOKENIZER_FILE, *listed_optional):
         expected = card.sha256.get(file_name)
         if not expected:
             raise BundleError(f"bundle {bundle_dir}: {CARD_FILE} has no sha256 for {file_name}")
+        if not (bundle_dir / file_name).is_file():
+            raise BundleError(f"bundle {bundle_dir} is missing {file_name}")
         actual = sha256_file(bundle_dir / file_name)
         if actual != expected:
             raise BundleError(f"bundle {bundle_dir}: sha256 mismatch for {file_name}")
@@ -88,8 +94,9 @@ def publish_bundle(
     tokenizer_path: str | Path,
     *,
     version: int | None = None,
+    golden_path: str | Path | None = None,
 ) -> Path:
-    """Copy a model + tokenizer into ``<repository>/<card.name>/<version>/`` atomically.
+    """Copy a model + tokenizer (+ golden.json) into ``<repository>/<card.name>/<version>/`` atomically.
 
     ``version=None`` picks the next free version. sha256 digests are (re)computed here so the
     card always matches the files. Returns the published directory.
@@ -108,10 +115,14 @@ def publish_bundle(
         raise BundleError(f"{target} already exists; versions are immutable")
     card.version = version
     card.sha256 = {MODEL_FILE: sha256_file(model_path), TOKENIZER_FILE: sha256_file(tokenizer_path)}
+    if golden_path is not None:
+        card.sha256[GOLDEN_FILE] = sha256_file(golden_path)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     try:
         shutil.copyfile(model_path, staging / MODEL_FILE)
         shutil.copyfile(tokenizer_path, staging / TOKENIZER_FILE)
+        if golden_path is not None:
+            shutil.copyfile(golden_path, staging / GOLDEN_FILE)
         write_card(staging, card)
         os.chmod(staging, 0o755)
         os.rename(staging, target)
