@@ -98,19 +98,32 @@ def test_a_provider_that_falls_back_fails(exported: Exported) -> None:
     assert report["providers"]["CPUExecutionProvider"]["passed"]
 
 
+def shifted_head(e: Exported, path: Path, shift: float) -> Path:
+    """A copy of the model whose head bias for the first label is moved by ``shift``."""
+    model = onnx.load(str(e.model))
+    bias = next(i for i in model.graph.initializer if len(i.dims) == 1 and i.dims[0] == len(e.checkpoint.labels))
+    values = numpy_helper.to_array(bias).copy()
+    values[0] += np.float32(shift)
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(path))
+    return path
+
+
 def test_probability_bound_fails_where_the_logit_bound_does_not(exported: Exported, tmp_path: Path) -> None:
     """A head bias shifted by 9e-5 keeps |Δlogit| under its 1e-4 bound but moves probabilities
     near 1/3 by ~2e-5, beyond the fp32 |Δprob| bound of 1e-5."""
-    model = onnx.load(str(exported.model))
-    bias = next(i for i in model.graph.initializer if len(i.dims) == 1 and i.dims[0] == len(exported.checkpoint.labels))
-    values = numpy_helper.to_array(bias).copy()
-    values[0] += np.float32(9e-5)
-    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
-    onnx.save(model, str(tmp_path / "shifted.onnx"))
-    report = parity(exported, model=tmp_path / "shifted.onnx")
+    report = parity(exported, model=shifted_head(exported, tmp_path / "shifted.onnx", 9e-5))
     cpu = report["providers"]["CPUExecutionProvider"]
     assert cpu["max_abs_logit_diff"] < 1e-4
     assert not cpu["passed"] and [f.split(" ")[1] for f in cpu["failures"]] == ["|Δprob|"], cpu["failures"]
+
+
+def test_int8_bounds_catch_a_broken_model(exported: Exported, tmp_path: Path) -> None:
+    """INT8 bounds are looser, never absent: a head that always answers label 0 fails them."""
+    report = parity(exported, model=shifted_head(exported, tmp_path / "broken.onnx", 50.0), quantization="int8")
+    failures = report["providers"]["CPUExecutionProvider"]["failures"]
+    assert not report["passed"]
+    assert {f.split(" ")[1] for f in failures} >= {"|Δprob|", "agreement"}, failures
 
 
 def test_bundle_must_agree_with_checkpoint(exported: Exported, tmp_path: Path) -> None:
