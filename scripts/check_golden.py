@@ -6,8 +6,8 @@
 This is the reference client of docs/CONTRACTS.md ("Using model.onnx from any onnxruntime"):
 it imports no textclf module, on purpose, so it proves the bundle is usable on its own.
 Exit 0 when every golden text gives the recorded ids, lengths, logits (within the file's
-``atol_logits``) and label, also when all texts are scored together in one padded batch;
-exit 1 otherwise. ``--print-modules`` lists the top-level modules imported (for the test).
+``atol_logits``) and label, and (fp32 models) also when all texts are scored together in one
+padded batch; exit 1 otherwise. ``--print-modules`` lists the top-level modules imported (for the test).
 """
 import json
 import sys
@@ -62,7 +62,8 @@ def main(argv):
     ids, lengths = encode(tokenizer, texts, max_len, unk_id)  # all texts in one padded batch
     batched = session.run(["logits"], {"input_ids": ids, "lengths": lengths})[0]
     batch_worst = float(np.abs(batched - np.array([c["logits"] for c in golden["cases"]])).max())
-    if batch_worst > atol:
+    # dynamic INT8 scales activations per batch: only fp32 answers are batch-invariant
+    if batch_worst > atol and golden["quantization"] == "none":
         problems.append(f"batched: max |logit - golden| {batch_worst:.3g} > {atol:g}")
     print(json.dumps({"texts": len(texts), "max_abs_diff": worst, "batched_max_abs_diff": batch_worst,
                       "atol": atol, "problems": problems}))

@@ -88,3 +88,13 @@ def test_bundle_missing_its_listed_golden_file_is_refused(bundle: Path, tmp_path
     (copy / CARD_FILE).write_text(card.to_json(), encoding="utf-8")
     with pytest.raises(BundleError, match="unknown files"):
         verify_bundle(copy)
+
+
+def test_int8_bundle_golden_reproduced_without_project_code(tmp_path: Path) -> None:
+    """INT8 answers move with the batch: golden rows are scored alone and the client checks them alone."""
+    bundle_dir = make_tiny_bundle(tmp_path / "models", name="tiny8", cell="lstm", quantize="int8", fit_steps=30)
+    golden = json.loads((bundle_dir / GOLDEN_FILE).read_text(encoding="utf-8"))
+    assert golden["quantization"] == "int8" and golden["atol_logits"] == 5e-2
+    rc, result, modules = check_golden(bundle_dir, tmp_path)
+    assert rc == 0 and result["problems"] == [] and result["max_abs_diff"] <= 1e-6, result  # same machine: exact
+    assert not PROJECT_PACKAGES & set(modules)
