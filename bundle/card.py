@@ -19,6 +19,9 @@ MODEL_FILE, TOKENIZER_FILE, CARD_FILE = "model.onnx", "tokenizer.json", "model.j
 # depend on is one line here (publish_bundle copies and hashes it, verify_bundle requires it).
 HASHED_FILES = (MODEL_FILE, TOKENIZER_FILE)
 BUNDLE_FILES = (*HASHED_FILES, CARD_FILE)
+# golden.json: texts -> ids -> logits from the export (export/golden.py), written by every export;
+# optional (bundles made before it load), hashed in model.json and verified whenever the card lists it.
+GOLDEN_FILE = "golden.json"
 # Card fields that change answers; covered by ``answers_sha256``. A new one is one line here.
 ANSWER_FIELDS = ("labels", "max_len")
 QUANTIZATIONS = ("none", "int8")

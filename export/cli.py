@@ -14,11 +14,12 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from bundle.card import ModelCard, default_inputs, default_outputs
+from bundle.card import GOLDEN_FILE, ModelCard, default_inputs, default_outputs
 from bundle.store import BundleError, publish_bundle, sha256_file, validate_model_name
+from export.golden import golden_fixtures, golden_texts, write_golden
 from export.onnx_export import OPSET, ExportError, check_onnx, export_onnx
 from export.optimize import optimize_onnx, quantize_int8
-from export.parity import format_table, load_test_split, run_parity
+from export.parity import edge_case_texts, format_table, load_test_split, run_parity
 from export.parity_cli import configure_logging
 from training.checkpoint import CheckpointError, load_checkpoint
 
@@ -31,9 +32,9 @@ class ParityFailed(Exception):
     """The exported model does not match the checkpoint; the report says where."""
 
     def __init__(self, report: dict) -> None:
-        super().__init__("parity failed: " + "; ".join(
+        super().__init__("parity failed: " + "; ".join(report.get("failures", []) + [
             f"{p}: {', '.join(r.get('failures', []))}" for p, r in report["providers"].items() if not r["passed"]
-        ))
+        ]))
         self.report = report
 
 
@@ -57,11 +58,13 @@ def export_bundle(
     optimization: str = "basic",
     providers: list[str] | None = None,
     test_split: tuple[list[str], list[str]] | None = None,
+    allow_no_test_split: bool = False,
 ) -> Path:
     """Export, check, optimise, (quantise), run parity and publish; returns the bundle directory.
 
-    ``test_split`` overrides the checkpoint's saved test split (texts, labels). Raises
-    ParityFailed (nothing published) when a parity bound is broken.
+    ``test_split`` overrides the checkpoint's saved test split (texts, labels). Without either,
+    the export is refused (ValueError) unless ``allow_no_test_split``; the parity report then
+    records the waiver. Raises ParityFailed (nothing published) when a parity bound is broken.
     """
     validate_model_name(name)
     # recorded as given (relative paths stay relative, like the data manifest) so that a
@@ -69,6 +72,10 @@ def export_bundle(
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     quantization = quantize or "none"
+    split = test_split if test_split is not None else load_test_split(checkpoint.manifest_path)
+    if split is None and not allow_no_test_split:
+        raise ValueError(f"{checkpoint_path} records no test split: parity would rest on edge cases alone "
+                         "(pass --allow-no-test-split to export anyway; the parity report will say so)")
     with tempfile.TemporaryDirectory(prefix="textclf-stage-") as tmp:
         stage = Path(tmp)
         logger.info("[1/6] exporting %s (dynamo, opset %d)", checkpoint_path, OPSET)
@@ -91,15 +98,19 @@ def export_bundle(
         tokenizer_path = stage / "tokenizer.json"
         tokenizer_path.write_text(checkpoint.raw["tokenizer_json"], encoding="utf-8")
         logger.info("[5/6] parity suite on the staged files")
-        split = test_split if test_split is not None else load_test_split(checkpoint.manifest_path)
         if split is None:
-            logger.warning("checkpoint records no data manifest: parity runs on edge cases only")
+            logger.warning("checkpoint records no data manifest: parity runs on edge cases only (allowed)")
         texts, labels = split if split else (None, None)
         report = run_parity(checkpoint, final, tokenizer_path, quantization=quantization,
-                            test_texts=texts, test_labels=labels, providers=providers)
+                            test_texts=texts, test_labels=labels, providers=providers,
+                            allow_no_test_texts=allow_no_test_split,
+                            bundle_labels=checkpoint.labels, bundle_max_len=checkpoint.max_len)
         print(format_table(report))
         if not report["passed"]:
             raise ParityFailed(report)
+        golden = golden_fixtures(final, checkpoint.encoder, golden_texts(texts or [], edge_case_texts(checkpoint.encoder)),
+                                 checkpoint.labels, quantization)
+        golden_path = write_golden(stage / GOLDEN_FILE, golden)
         card = ModelCard(
             name=name,
             version=version or 0,  # publish_bundle sets the real version
@@ -123,7 +134,8 @@ def export_bundle(
             },
         )
         logger.info("[6/6] publishing to %s/%s", repository, name)
-        return publish_bundle(repository, card, final, tokenizer_path, version=version)
+        return publish_bundle(repository, card, final, tokenizer_path, version=version,
+                              extra_files={GOLDEN_FILE: golden_path})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantize", choices=["int8"], help="dynamic INT8 quantisation")
     parser.add_argument("--optimization", choices=["basic", "extended"], default="basic")
     parser.add_argument("--providers", nargs="+", help="onnxruntime providers for parity (default: all)")
+    parser.add_argument("--allow-no-test-split", action="store_true",
+                        help="export a checkpoint without a saved test split (parity on edge cases only; recorded)")
     return parser
 
 
@@ -143,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         target = export_bundle(args.checkpoint, args.repository, args.name, version=args.version,
-                               quantize=args.quantize, optimization=args.optimization, providers=args.providers)
+                               quantize=args.quantize, optimization=args.optimization, providers=args.providers,
+                               allow_no_test_split=args.allow_no_test_split)
     except ParityFailed as exc:
         print(f"textclf export: NOT published: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", nargs="+", help="onnxruntime providers (default: all available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random batches")
     parser.add_argument("--no-write", action="store_true", help="do not write the report into model.json")
+    parser.add_argument("--allow-no-test-split", action="store_true",
+                        help="pass without labelled test texts (edge cases only); the report records the waiver")
     return parser
 
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"textclf parity: {exc}", file=sys.stderr)
         return 2
     if split is None:
-        logger.warning("checkpoint records no data manifest: comparing on edge cases only")
+        logger.warning("checkpoint records no data manifest: no test texts to compare on")
     texts, labels = split if split else (None, None)
     report = run_parity(
         checkpoint,
@@ -61,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         test_labels=labels,
         providers=args.providers,
         seed=args.seed,
+        allow_no_test_texts=args.allow_no_test_split,
+        bundle_labels=card.labels,
+        bundle_max_len=card.max_len,
     )
     print(format_table(report))
     if not args.no_write:

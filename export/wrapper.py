@@ -31,6 +31,10 @@ class ExportableClassifier(nn.Module):
         self.eval()
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Clamp lengths to [1, seq] inside the graph: a 0-length sequence gives garbage (last
+        # pooling) or NaN (mean/max) in onnxruntime, and a length beyond seq reads past the
+        # tensor. The tokenizer contract never produces either; the graph stays defined anyway.
+        lengths = lengths.clamp(min=1).clamp(max=input_ids.shape[1])
         x = self.embedding(input_ids)  # (B, T, E)
         h_n = x  # replaced below; num_layers >= 1
         for layer in range(self.config.num_layers):

@@ -270,7 +270,11 @@ class ModelRepository:
 
     def _build_runtime(self, name: str, version: int, path: Path) -> ModelRuntime:
         """Worker thread: verify, load in onnxruntime, warm up. Raises Refused with a reason."""
-        escaping = [p.name for p in (path, *(path / f for f in BUNDLE_FILES)) if not self.contains(p)]
+        try:  # every file of the bundle, not only the required ones (golden.json, files the card lists)
+            members = sorted(path.iterdir())
+        except OSError:
+            members = [path / f for f in BUNDLE_FILES]
+        escaping = [p.name for p in (path, *members) if not self.contains(p)]
         if escaping:
             raise Refused("verification", f"{', '.join(escaping)} resolves outside the model repository (symlink)")
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bundle.card import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, ModelCard
+from bundle.card import CARD_FILE, GOLDEN_FILE, MODEL_FILE, TOKENIZER_FILE, ModelCard
 from bundle.store import BundleError, list_versions, publish_bundle, verify_bundle, write_card
 from tests.support.tiny_models import make_tiny_bundle
 
@@ -21,7 +21,7 @@ def repo_with_bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 def copy_bundle(src: Path, dst: Path) -> Path:
     dst.mkdir(parents=True)
-    for name in (MODEL_FILE, TOKENIZER_FILE, CARD_FILE):
+    for name in (MODEL_FILE, TOKENIZER_FILE, CARD_FILE, GOLDEN_FILE):
         (dst / name).write_bytes((src / name).read_bytes())
     return dst
 

@@ -360,13 +360,18 @@ def test_control_reaches_only_bundles_inside_the_repository(start, tmp_path: Pat
     filey = make_onnx_bundle(root, name="filey", version=1, seed=5)
     (filey.path / "model.onnx").unlink()
     (filey.path / "model.onnx").symlink_to(outside / "evil" / "1" / "model.onnx")  # one file escapes
+    goldy = make_onnx_bundle(root, name="goldy", version=1, seed=6)
+    (outside / "secret.json").write_text("{}", encoding="utf-8")
+    (goldy.path / "golden.json").symlink_to(outside / "secret.json")  # an optional file escapes too
     server = start(root, repository_control=True, control_token=TOKEN)
     assert server.app.core.model_versions("news") == [1]  # version 2 -> outside refused at start-up
     assert server.app.core.model_versions("evil") == [] and server.app.core.model_versions("filey") == []
+    assert server.app.core.model_versions("goldy") == []
     with triton.InferenceServerClient(server.address) as kserve:
         reasons = {(m.name, m.version): m.reason for m in kserve.get_model_repository_index().models}
         assert "resolves outside the model repository" in reasons[("news", "2")]
         assert "model.onnx resolves outside the model repository" in reasons[("filey", "1")]
+        assert "golden.json resolves outside the model repository" in reasons[("goldy", "1")]
         with pytest.raises(InferenceServerException) as info:
             kserve.load_model("evil", headers=dict(AUTHORIZED))
         assert info.value.status() == "StatusCode.PERMISSION_DENIED"
