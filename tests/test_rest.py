@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -16,7 +17,8 @@ import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
 from service.settings import Settings
-from tests.service.conftest import ServerThread, metric, scrape
+from tests.service.conftest import ServerThread, bundles, metric, repo_path, scrape  # noqa: F401 - fixtures
+from tests.service.test_workers import start_workers  # noqa: F401 - fixture
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
@@ -282,3 +284,24 @@ def test_header_timeout_closes_a_silent_connection(repo) -> None:
             assert time.monotonic() - start < 5
     finally:
         server.stop()
+
+
+def test_rest_in_multi_worker_mode_reaches_every_worker(bundles, start_workers) -> None:
+    """--workers 2: the supervisor reserves the REST port and every worker binds it (SO_REUSEPORT);
+    new connections reach both workers, each request counted once in the one metrics endpoint."""
+    server = start_workers("--rest-host", "127.0.0.1", "--rest-port", "0")
+    port = int(re.search(r"REST http://127\.0\.0\.1:(\d+)/v2", server.log).group(1))
+    answered: set[str] = set()
+    requests = 0
+    while len(answered) < 2 and requests < 64:
+        before = server.worker_counts()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/v2/models/news/infer", json.dumps(_infer_body(["the striker scored"])))
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["model_version"] == "2"
+        conn.close()
+        requests += 1
+        after = server.worker_counts()
+        answered |= {w for w, n in after.items() if n > before.get(w, 0)}
+    assert answered == {"0", "1"}
+    assert metric(scrape(server.metrics_url), "textclf_requests_total", api="rest.ModelInfer", code="OK") == requests
