@@ -201,3 +201,54 @@ def test_tracing_off_imports_no_opentelemetry(bundle: TinyBundle) -> None:
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+class _Collector:
+    """A minimal OTLP/gRPC trace collector on loopback: keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        self.spans: list = []
+        self.services: set[str] = set()
+        collector = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                for resource_spans in request.resource_spans:
+                    for attribute in resource_spans.resource.attributes:
+                        if attribute.key == "service.name":
+                            collector.services.add(attribute.value.string_value)
+                    for scope in resource_spans.scope_spans:
+                        collector.spans.extend(scope.spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+def test_otlp_endpoint_setting_exports_to_a_collector(bundle: TinyBundle) -> None:
+    """``python -m service --tracing-otlp-endpoint``: the spans reach an OTLP collector (flushed on
+    SIGTERM at the latest), with the configured service name."""
+    from tests.support.service_process import ServiceProcess
+
+    collector = _Collector()
+    process = ServiceProcess(bundle.path.parents[1], "--tracing-otlp-endpoint", f"http://127.0.0.1:{collector.port}",
+                             "--tracing-service-name", "textclf-under-test")
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            pb_grpc.TextClassifierStub(channel).Classify(pb.ClassifyRequest(model="news", texts=["x"]),
+                                                         metadata=[("traceparent", TRACEPARENT)], timeout=10)
+        process.process.terminate()
+        assert process.wait(30) == 0
+    finally:
+        process.kill()
+        collector.server.stop(None)
+    names = {span.name for span in collector.spans}
+    assert names == STAGES | {"textclf.v1.Classify"}
+    assert collector.services == {"textclf-under-test"}
+    assert {span.trace_id.hex() for span in collector.spans} == {TRACE_ID}
