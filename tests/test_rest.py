@@ -305,3 +305,17 @@ def test_rest_in_multi_worker_mode_reaches_every_worker(bundles, start_workers) 
         answered |= {w for w, n in after.items() if n > before.get(w, 0)}
     assert answered == {"0", "1"}
     assert metric(scrape(server.metrics_url), "textclf_requests_total", api="rest.ModelInfer", code="OK") == requests
+
+
+def test_expect_100_continue_as_curl_sends_it(server) -> None:
+    """curl sends bodies over 1 KiB only after ``100 Continue``: the server says it, then answers."""
+    body = json.dumps(_infer_body(["word " * 400])).encode()
+    with socket.create_connection(("127.0.0.1", server.app.rest_port), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/news/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        assert sock.recv(64) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            answer += sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK") and b'"LABEL"' in answer
