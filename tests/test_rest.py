@@ -19,20 +19,9 @@ from tritonclient.utils import InferenceServerException
 from service.settings import Settings
 from tests.service.conftest import ServerThread, bundles, metric, repo_path, scrape  # noqa: F401 - fixtures
 from tests.service.test_workers import start_workers  # noqa: F401 - fixture
-from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
+from tests.test_kserve import TEXTS, repo  # noqa: F401 - the same texts and news v1/v2 bundles (fixture)
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
-
-TEXTS = ["shares of the bank rose as the market rallied", "the striker scored twice", "",
-         "a new phone with a faster chip 🙂", "ünïcödé and \u202eright-to-left"]
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TinyBundle]:
-    root = tmp_path_factory.mktemp("models")
-    return {"news/1": make_onnx_bundle(root, name="news", version=1, seed=1),
-            "news/2": make_onnx_bundle(root, name="news", version=2, seed=2), "root": root}  # type: ignore[dict-item]
-
 
 def _settings(repo, **overrides) -> Settings:
     values = dict(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, rest_host="127.0.0.1",
