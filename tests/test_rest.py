@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import socket
 import time
@@ -14,14 +15,18 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.http as triton_http
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from tritonclient.utils import InferenceServerException
 
+from service.api import kserve_codec, rest
+from service.errors import InvalidArgument
 from service.settings import Settings
 from tests.service.conftest import ServerThread, bundles, metric, repo_path, scrape  # noqa: F401 - fixtures
 from tests.service.test_workers import start_workers  # noqa: F401 - fixture
 from tests.test_kserve import TEXTS, repo  # noqa: F401 - the same texts and news v1/v2 bundles (fixture)
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
+
 
 def _settings(repo, **overrides) -> Settings:
     values = dict(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, rest_host="127.0.0.1",
@@ -52,7 +57,7 @@ def _text_input(texts: list[str], binary: bool = True) -> triton_http.InferInput
 def _post(server: ServerThread, path: str, body: bytes | str | dict, headers: dict | None = None,
           connection: http.client.HTTPConnection | None = None) -> tuple[int, dict]:
     conn = connection or http.client.HTTPConnection("127.0.0.1", server.app.rest_port, timeout=10)
-    data = json.dumps(body) if isinstance(body, dict) else body
+    data = json.dumps(body) if isinstance(body, (dict, list)) else body
     conn.request("POST", path, data, headers=headers or {"Content-Type": "application/json"})
     response = conn.getresponse()
     payload = json.loads(response.read())
@@ -176,6 +181,13 @@ def test_readme_curl_example_and_keep_alive(server) -> None:
     ("/v2/models/news/infer", _infer_body(["x"], parameters={"sequence_id": 3}), 400, "not supported"),
     ("/v2/models/news/infer", _infer_body(["x" * 70_000]), 400, "bytes; the limit"),
     ("/v2/nothing", {}, 404, "no such endpoint"),
+    ("/v2/models/news/infer", _infer_body(["x"], parameters={"timeout": 10**30}), 400, "out of range"),
+    ("/v2/models/news/infer", {"inputs": [{"name": "TEXT", "shape": [-10**30], "datatype": "BYTES", "data": []}]},
+     400, "64-bit integers"),
+    ("/v2/models/news/infer", {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["x"],
+                                           "parameters": {"binary_data_size": 5}}]}, 400, "does not fit"),
+    ("/v2/models/news/infer", {"inputs": "TEXT"}, 400, "inputs must be a JSON array"),
+    ("/v2/models/news/infer", [1, 2], 400, "must be a JSON object"),
 ])
 def test_bad_requests_get_the_grpc_rules_and_http_status(server, path, body, status, message) -> None:
     got, answer = _post(server, path, body)
@@ -308,3 +320,39 @@ def test_expect_100_continue_as_curl_sends_it(server) -> None:
         while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
             answer += sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 200 OK") and b'"LABEL"' in answer
+
+
+# ------------------------------------------------------------------------ fuzzing the JSON decoding
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_tensor = st.fixed_dictionaries({}, optional={
+    "name": st.sampled_from(["TEXT", "X"]) | _json_values, "datatype": st.sampled_from(["BYTES", "FP32"]) | _json_values,
+    "shape": st.lists(st.integers(min_value=-2**66, max_value=2**66), max_size=3) | _json_values,
+    "data": st.lists(st.text(max_size=6) | _json_values, max_size=5) | _json_values,
+    "parameters": st.dictionaries(st.sampled_from(["binary_data_size", "x"]), _json_values, max_size=2) | _json_values})
+_body = st.fixed_dictionaries({}, optional={
+    "id": _json_values, "inputs": st.lists(_tensor, max_size=2) | _json_values,
+    "outputs": st.lists(st.fixed_dictionaries({"name": st.sampled_from(["LABEL", "PROBABILITIES", "Z"])}, optional={
+        "parameters": st.dictionaries(st.sampled_from(["binary_data", "classification", "q"]), _json_values,
+                                      max_size=2)}), max_size=3) | _json_values,
+    "parameters": st.dictionaries(st.sampled_from(["binary_data_output", "timeout", "priority", "sequence_id", "p"]),
+                                  _json_values, max_size=3) | _json_values})
+
+
+@hypothesis_settings(max_examples=int(os.environ.get("TEXTCLF_FUZZ_EXAMPLES", "200")), deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow])
+@given(body=_body, tail=st.binary(max_size=12), split=st.none() | st.integers(min_value=-2, max_value=400))
+def test_rest_decoding_only_ever_raises_invalid_argument(body, tail, split) -> None:
+    """Any JSON body (with or without a binary tail and header length) decodes or raises
+    InvalidArgument: never another exception (a 500) for client input."""
+    raw = json.dumps(body).encode()
+    header_length = None if split is None else split if split != 0 else len(raw)
+    try:
+        message, _, _ = rest.infer_request(raw + (tail if header_length is not None else b""), header_length,
+                                           "news", "", max_texts=8)
+        kserve_codec.decode_request(message, max_texts=8)
+    except InvalidArgument:
+        pass

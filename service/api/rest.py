@@ -62,7 +62,10 @@ def _parameters(target: Any, params: Any, where: str, skip: tuple[str, ...] = ()
         kind = _PARAM_FIELD.get(type(value))
         if kind is None:
             raise InvalidArgument(f"{where} parameter {codec.show(key)} must be a bool, number or string")
-        setattr(target[key], kind, value)
+        try:
+            setattr(target[key], kind, value)
+        except (ValueError, TypeError):  # an integer beyond int64
+            raise InvalidArgument(f"{where} parameter {codec.show(key)} is out of range") from None
 
 
 def _text_data(data: Any, limit: int) -> list[bytes]:
@@ -86,8 +89,9 @@ def _text_data(data: Any, limit: int) -> list[bytes]:
 
 
 def _declared_count(shape: Any) -> int:
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise InvalidArgument("an input's shape must be a JSON array of integers")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and -2**63 <= d < 2**63
+                                              for d in shape):
+        raise InvalidArgument("an input's shape must be a JSON array of 64-bit integers")
     count = 1
     for dim in shape:
         count *= max(dim, 0)
