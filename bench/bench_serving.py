@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batch sizes tried for the in-process ceiling")
     p.add_argument("--ceiling-seconds", type=float, default=1.0, help="seconds per in-process measurement")
     p.add_argument("--skip-ceiling", action="store_true", help="served cells only (for tuning sweeps; no ratios)")
+    p.add_argument("--traced-sample-ratios", type=float, nargs="+", default=[1.0],
+                   help="mode textclf-traced: tracing_sample_ratio of its server(s), one server per value")
     p.add_argument("--quick", action="store_true", help="smoke check: short cells, fewer concurrencies")
     p.add_argument("--output", type=Path, help="JSON path (default bench/results/serving.json, "
                                                "serving-quick.json with --quick)")
@@ -163,17 +165,23 @@ def run_server_modes(batching: bool, modes: list[str], texts: dict[str, list[str
 
 def run_traced_mode(texts: dict[str, list[str]], bundle: support.Bundle, args: argparse.Namespace,
                     log_dir: Path) -> list[dict[str, Any]]:
-    """Mode textclf-traced: tracing on, every request sampled, spans exported over OTLP/gRPC to a
-    collector in this process that counts and discards them."""
-    collector = support.DiscardingCollector()
-    try:
-        cells = run_server_modes(True, ["textclf-traced"], texts, bundle, args, log_dir, server_args=[
-            "--tracing-otlp-endpoint", f"http://127.0.0.1:{collector.port}", "--tracing-sample-ratio", "1"])
-    finally:
-        collector.stop()
-    logger.info("the OTLP collector received %d spans", collector.spans)
-    for cell in cells:
-        cell["spans_exported_total"] = collector.spans
+    """Mode textclf-traced: tracing on, spans exported over OTLP/gRPC to a collector in this process
+    that counts and discards them; one server per ``--traced-sample-ratios`` value (cells of a
+    ratio below 1 are reported as mode ``textclf-traced@<ratio>``)."""
+    cells: list[dict[str, Any]] = []
+    for ratio in args.traced_sample_ratios:
+        collector = support.DiscardingCollector()
+        try:
+            ratio_cells = run_server_modes(True, ["textclf-traced"], texts, bundle, args, log_dir, server_args=[
+                "--tracing-otlp-endpoint", f"http://127.0.0.1:{collector.port}", "--tracing-sample-ratio", str(ratio)])
+        finally:
+            collector.stop()
+        logger.info("sample ratio %g: the OTLP collector received %d spans", ratio, collector.spans)
+        for cell in ratio_cells:
+            cell["spans_exported_total"], cell["tracing_sample_ratio"] = collector.spans, ratio
+            if ratio != 1:
+                cell["mode"] = f"textclf-traced@{ratio:g}"
+        cells += ratio_cells
     return cells
 
 
