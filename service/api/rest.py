@@ -98,6 +98,53 @@ def _declared_count(shape: Any) -> int:
     return count
 
 
+# A KServe infer body holds a few dozen numbers, objects and strings besides its texts (shape,
+# parameters, outputs, keys). Beyond these counts it is refused: strings from a count of its quote
+# bytes before decoding, numbers and objects as decoding meets them, so a body of millions of
+# values costs no more than a few thousand (bench/rest_worst_bodies.py).
+MAX_JSON_NUMBERS = 4096
+MAX_JSON_OBJECTS = 1024
+MAX_JSON_STRINGS_BESIDES_TEXTS = 4096
+
+
+class _TooManyValues(ValueError):
+    pass
+
+
+def _bounded_json(text: bytes, max_texts: int) -> Any:
+    """``json.loads`` that refuses more than ``max_texts`` + MAX_JSON_STRINGS_BESIDES_TEXTS strings
+    before decoding, and gives up after MAX_JSON_NUMBERS numbers or MAX_JSON_OBJECTS objects."""
+    # every string has two unescaped quotes; counting `\"` as escaped can only undercount them
+    # (a text ending in a backslash), so this never refuses a body that has few enough strings
+    limit = max_texts + MAX_JSON_STRINGS_BESIDES_TEXTS
+    strings = text.count(b'"') // 2
+    if strings > limit and (strings := (text.count(b'"') - text.count(b'\\"')) // 2) > limit:
+        raise InvalidArgument(f"the request body has {strings} strings or more; an infer request has at most "
+                              f"{max_texts} texts and a few dozen other strings")
+    numbers = objects = 0
+
+    def number(kind: type) -> Callable[[str], Any]:
+        def parse(literal: str) -> Any:
+            nonlocal numbers
+            numbers += 1
+            if numbers > MAX_JSON_NUMBERS:
+                raise _TooManyValues(f"more than {MAX_JSON_NUMBERS} numbers")
+            return kind(literal)
+        return parse
+
+    def obj(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal objects
+        objects += 1
+        if objects > MAX_JSON_OBJECTS:
+            raise _TooManyValues(f"more than {MAX_JSON_OBJECTS} objects")
+        return dict(pairs)
+
+    try:
+        return json.loads(text, parse_int=number(int), parse_float=number(float), object_pairs_hook=obj)
+    except _TooManyValues as exc:
+        raise InvalidArgument(f"the request body has {exc}; an infer request needs a few dozen") from None
+
+
 def infer_request(body: bytes, header_length: int | None, name: str, version: str,
                   max_texts: int) -> tuple[pb.ModelInferRequest, dict[str, bool], bool]:
     """The ModelInferRequest a REST infer body stands for, the per-output binary choices and the
@@ -108,7 +155,7 @@ def infer_request(body: bytes, header_length: int | None, name: str, version: st
                               f"of {len(body)} bytes")
     split = len(body) if header_length is None else header_length
     try:
-        doc = json.loads(body[:split])
+        doc = _bounded_json(body[:split], max_texts)
     except (ValueError, RecursionError):
         raise InvalidArgument("the request body is not valid JSON (or nested too deeply)") from None
     if not isinstance(doc, dict):
