@@ -56,6 +56,9 @@ class InferenceCore:
     def start_draining(self) -> None:
         self._draining = True
 
+    def is_draining(self) -> bool:
+        return self._draining
+
     def close(self) -> None:
         """After the server stopped: end the tokenizer threads."""
         self.tokenizer_pool.shutdown()

@@ -263,9 +263,14 @@ def test_queue_full_is_429_and_draining_is_503(repo) -> None:
     try:
         status, answer = _post(server, "/v2/models/news/infer", _infer_body(["a", "b"]))
         assert status == 429 and "queue is full" in answer["error"]
+        conn = http.client.HTTPConnection("127.0.0.1", server.app.rest_port, timeout=10)
+        conn.request("GET", "/v2/health/live")
+        live = conn.getresponse()
+        assert live.read() and live.getheader("Connection") == "keep-alive"
         server.app.core.start_draining()
-        status, answer = _post(server, "/v2/models/news/infer", _infer_body(["a"]))
+        status, answer = _post(server, "/v2/models/news/infer", _infer_body(["a"]), connection=conn)
         assert status == 503 and "shutting down" in answer["error"]
+        assert conn.sock is None  # draining: the answer said Connection: close, http.client closed it
         assert _get(server, "/v2/health/ready")[0] == 503
         assert _get(server, "/v2/health/live")[0] == 200
     finally:

@@ -8,8 +8,9 @@ Bounded whatever the clients do (docs/rest.md "Limits"):
   connection closes, nothing read); chunked bodies and compressed bodies are refused;
 * at most ``max_connections`` are open: a new connection closes the one that has been idle the
   longest (waiting for its next request), or is itself answered 503 when none is idle;
-* keep-alive (HTTP/1.1 default; HTTP/1.0 with ``Connection: keep-alive``); requests on one
-  connection are answered one after the other; ``Expect: 100-continue`` is honoured.
+* keep-alive (HTTP/1.1 default; HTTP/1.0 with ``Connection: keep-alive``) until the server
+  drains; requests on one connection are answered one after the other; ``Expect: 100-continue``
+  is honoured.
 
 ``Handler(request) -> Response`` does the rest; it must not raise.
 """
@@ -66,8 +67,9 @@ class _BadRequest(Exception):
 
 class HTTPServer:
     def __init__(self, handler: Handler, *, max_body: int, max_connections: int, idle_timeout: float,
-                 refused: Refused | None = None) -> None:
+                 refused: Refused | None = None, draining: Callable[[], bool] = lambda: False) -> None:
         self.handler = handler
+        self.draining = draining  # True: answers say Connection: close (clients reconnect elsewhere)
         self.max_body = max_body
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
@@ -150,7 +152,7 @@ class HTTPServer:
                 writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.body = await asyncio.wait_for(reader.readexactly(length), self.idle_timeout)
         response = await self.handler(request)
-        keep_alive = keep_alive and not self.closing
+        keep_alive = keep_alive and not self.closing and not self.draining()
         await self._send(writer, response, close=not keep_alive, head_only=request.method == "HEAD")
         return keep_alive
 

@@ -366,4 +366,4 @@ def build_server(core: InferenceCore) -> HTTPServer:
     api = RestAPI(core)
     return HTTPServer(api.handle, max_body=settings.max_receive_message_bytes,
                       max_connections=settings.rest_max_connections, idle_timeout=settings.rest_idle_timeout,
-                      refused=api.refused)
+                      refused=api.refused, draining=core.is_draining)
