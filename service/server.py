@@ -213,6 +213,10 @@ async def create_app(settings: Settings, *, reuse_port: bool = False, span_expor
     if settings.rest_port >= 0:  # KServe v2 over HTTP/REST (docs/rest.md); imported only when on
         from service.api.rest import build_server
 
+        if credentials is not None:
+            logger.warning("the REST port serves plaintext HTTP while the gRPC port uses TLS: bind rest_host to a "
+                           "loopback/private address or put a TLS-terminating proxy in front (docs/rest.md)")
+
         app.rest = build_server(core)
         try:
             app.rest_port = await app.rest.bind(settings.rest_host, settings.rest_port, reuse_port=reuse_port)
