@@ -237,6 +237,17 @@ def test_requests_are_counted_under_the_rest_api_label(server) -> None:
 
     assert delta(api="rest.ModelInfer", model="news", version="2", code="OK") == 1
     assert delta(api="rest.ModelInfer", code="NOT_FOUND") == 1
+    with socket.create_connection(("127.0.0.1", server.app.rest_port), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/news/infer HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    with socket.create_connection(("127.0.0.1", server.app.rest_port), timeout=10) as sock:
+        sock.sendall(b"NOT HTTP\r\n\r\n")
+        assert sock.recv(4096).startswith(b"HTTP/1.1 400")
+    final = scrape(server.metrics_url)
+    assert (metric(final, "textclf_requests_total", api="rest.ModelInfer", code="RESOURCE_EXHAUSTED")
+            - metric(before, "textclf_requests_total", api="rest.ModelInfer", code="RESOURCE_EXHAUSTED")) == 1
+    assert (metric(final, "textclf_requests_total", api="rest.Unparsed", code="INVALID_ARGUMENT")
+            - metric(before, "textclf_requests_total", api="rest.Unparsed", code="INVALID_ARGUMENT")) == 1
 
 
 def test_idle_connections_cannot_exhaust_the_rest_port(repo) -> None:

@@ -248,7 +248,8 @@ class RestAPI:
     def refused(self, request: Request | None, response: Response) -> None:
         """Requests the HTTP layer answered itself (oversized, malformed): counted like any other."""
         code = CODE_OF_HTTP.get(response.status, grpc.StatusCode.INVALID_ARGUMENT)
-        record(self.core.metrics, CallInfo(f"{API}.{'ModelInfer' if request else 'Unparsed'}"), code, 0.0)
+        call = self._route(request)[1] if request is not None else CallInfo(f"{API}.Unparsed")
+        record(self.core.metrics, call, code, 0.0)
 
     async def handle(self, request: Request) -> Response:
         method, call = self._route(request)
