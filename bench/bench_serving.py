@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batch sizes tried for the in-process ceiling")
     p.add_argument("--ceiling-seconds", type=float, default=1.0, help="seconds per in-process measurement")
     p.add_argument("--skip-ceiling", action="store_true", help="served cells only (for tuning sweeps; no ratios)")
+    p.add_argument("--traced-sample-ratios", type=float, nargs="+", default=[1.0],
+                   help="mode textclf-traced: tracing_sample_ratio of its server(s), one server per value")
     p.add_argument("--quick", action="store_true", help="smoke check: short cells, fewer concurrencies")
     p.add_argument("--output", type=Path, help="JSON path (default bench/results/serving.json, "
                                                "serving-quick.json with --quick)")
@@ -126,7 +128,8 @@ def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[st
                                         concurrency=share, seconds=args.seconds, offset=k * 7919,
                                         server_pid=server.pid, metrics_url=server.metrics_url,
                                         channels=max(1, min(channels, share)), texts_per_request=texts_per_request,
-                                        text_dims=text_dims))
+                                        text_dims=text_dims,
+                                        rest_address=f"127.0.0.1:{getattr(args, 'rest_port', 0)}"))
                for k, share in enumerate(shares)]
     try:
         for worker in workers:
@@ -148,10 +151,11 @@ def run_cell(server: support.ServerProcess, api: str, model: str, texts: list[st
 
 
 def run_server_modes(batching: bool, modes: list[str], texts: dict[str, list[str]], bundle: support.Bundle,
-                     args: argparse.Namespace, log_dir: Path, workers: int = 1) -> list[dict[str, Any]]:
+                     args: argparse.Namespace, log_dir: Path, workers: int = 1,
+                     server_args: list[str] | None = None) -> list[dict[str, Any]]:
     env = {**SERVER_BASE_ENV, **dict(item.split("=", 1) for item in args.server_env)}
     logger.info("starting server (batching %s, %d worker process(es))", "on" if batching else "off", workers)
-    extra = [*args.server_arg, *(["--workers", str(workers)] if workers > 1 else [])]
+    extra = [*args.server_arg, *(["--workers", str(workers)] if workers > 1 else []), *(server_args or [])]
     server = support.start_server(bundle.repository, batching=batching, threads=args.threads,
                                   extra_args=extra, env=env, log_dir=log_dir)
     try:
@@ -159,6 +163,28 @@ def run_server_modes(batching: bool, modes: list[str], texts: dict[str, list[str
         return run_modes_on(server, modes, texts, bundle.name, args)
     finally:
         server.stop()
+
+
+def run_traced_mode(texts: dict[str, list[str]], bundle: support.Bundle, args: argparse.Namespace,
+                    log_dir: Path) -> list[dict[str, Any]]:
+    """Mode textclf-traced: tracing on, spans exported over OTLP/gRPC to a collector in this process
+    that counts and discards them; one server per ``--traced-sample-ratios`` value (cells of a
+    ratio below 1 are reported as mode ``textclf-traced@<ratio>``)."""
+    cells: list[dict[str, Any]] = []
+    for ratio in args.traced_sample_ratios:
+        collector = support.DiscardingCollector()
+        try:
+            ratio_cells = run_server_modes(True, ["textclf-traced"], texts, bundle, args, log_dir, server_args=[
+                "--tracing-otlp-endpoint", f"http://127.0.0.1:{collector.port}", "--tracing-sample-ratio", str(ratio)])
+        finally:
+            collector.stop()
+        logger.info("sample ratio %g: the OTLP collector received %d spans", ratio, collector.spans)
+        for cell in ratio_cells:
+            cell["spans_exported_total"], cell["tracing_sample_ratio"] = collector.spans, ratio
+            if ratio != 1:
+                cell["mode"] = f"textclf-traced@{ratio:g}"
+        cells += ratio_cells
+    return cells
 
 
 def run_floor_mode(mode: str, texts: dict[str, list[str]], model: str, args: argparse.Namespace,
@@ -177,7 +203,7 @@ def run_modes_on(server: support.ServerProcess, modes: list[str], texts: dict[st
                  args: argparse.Namespace) -> list[dict[str, Any]]:
     cells: list[dict[str, Any]] = []
     for mode in modes:
-        api = mode if mode in ("kserve", "kserve-triton", "textclf-stream") else "textclf"
+        api = mode if mode in ("kserve", "kserve-triton", "textclf-stream", "kserve-rest") else "textclf"
         min_channels = 8 if mode == "textclf-workers" else 0
         per_request = args.multi_texts if mode == "textclf-multi" else 1
         for length, pool in texts.items():
@@ -253,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     before = {} if args.skip_ceiling else measure_ceilings(bundle, texts, args, "before")
     cells: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="textclf-bench-logs-") as log_dir:
-        separate = ("textclf-nobatch", "textclf-workers", *FLOOR_KINDS)
+        separate = ("textclf-nobatch", "textclf-workers", "textclf-traced", "kserve-rest", *FLOOR_KINDS)
         on_modes = [m for m in args.modes if m not in separate]
         if on_modes:
             cells += run_server_modes(True, on_modes, texts, bundle, args, Path(log_dir))
@@ -261,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
             cells += run_server_modes(True, ["textclf-workers"], texts, bundle, args, Path(log_dir), args.workers)
         if "textclf-nobatch" in args.modes:
             cells += run_server_modes(False, ["textclf-nobatch"], texts, bundle, args, Path(log_dir))
+        if "textclf-traced" in args.modes:
+            cells += run_traced_mode(texts, bundle, args, Path(log_dir))
+        if "kserve-rest" in args.modes:
+            args.rest_port = support.free_port()
+            cells += run_server_modes(True, ["kserve-rest"], texts, bundle, args, Path(log_dir), server_args=[
+                "--rest-host", "127.0.0.1", "--rest-port", str(args.rest_port)])
         for mode in (m for m in args.modes if m in FLOOR_KINDS):
             cells += run_floor_mode(mode, texts, bundle.name, args, Path(log_dir))
     after = {} if args.skip_ceiling else measure_ceilings(bundle, texts, args, "after")

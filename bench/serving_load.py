@@ -14,7 +14,9 @@ APIs: ``textclf`` (textclf.v1 Classify, ``texts_per_request`` texts per call), `
 (textclf.v1 ClassifyStream: one long-lived stream per connection, each caller's request is one
 message on it, answered by id), ``kserve`` (ModelInfer through raw grpc.aio stubs, the request
 messages built once), ``kserve-triton`` (ModelInfer through ``tritonclient.grpc.aio``, building
-InferInput per call as a user of that client does).
+InferInput per call as a user of that client does), ``kserve-rest`` (KServe v2 infer over HTTP/REST
+with a JSON body, one keep-alive connection per caller, a minimal asyncio HTTP/1.1 client so the
+client costs little; ``rest_address``).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import grpc  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-APIS = ("textclf", "textclf-stream", "kserve", "kserve-triton")
+APIS = ("textclf", "textclf-stream", "kserve", "kserve-triton", "kserve-rest")
 CALL_TIMEOUT_S = 30.0
 WARMUP_CALLS = 3
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -64,6 +66,7 @@ class WorkerSpec:
     channels: int = 1  # separate connections (several workers behind SO_REUSEPORT each take connections)
     texts_per_request: int = 1  # textclf / textclf-stream: texts in one ClassifyRequest
     text_dims: int = 1  # kserve-triton: TEXT as [1] or [1, 1] (PyTriton accepts only [N, 1])
+    rest_address: str = ""  # kserve-rest: host:port of the server's REST port
 
 
 @dataclass
@@ -279,6 +282,42 @@ def triton_caller(spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None
     return call, client.close
 
 
+class HttpError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.code = f"HTTP_{status}"
+
+
+def rest_caller(spec: WorkerSpec) -> tuple[Caller, Callable[[], Awaitable[None]]]:
+    """KServe v2 REST infer, JSON in and out, over one keep-alive connection per caller."""
+    host, port = spec.rest_address.rsplit(":", 1)
+    path = f"/v2/models/{spec.model}/infer"
+    bodies = [json.dumps({"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": [t]}]}).encode()
+              for t in spec.texts]
+    requests = [f"POST {path} HTTP/1.1\r\nHost: {spec.rest_address}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
+    connections: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    async def call(i: int) -> None:
+        slot = i % spec.concurrency
+        if slot not in connections:
+            connections[slot] = await asyncio.open_connection(host, int(port))
+        reader, writer = connections[slot]
+        writer.write(requests[i % len(requests)])
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), CALL_TIMEOUT_S)
+        status = int(head.split(b" ", 2)[1])
+        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        await reader.readexactly(length)
+        if status != 200:
+            raise HttpError(status)
+
+    async def close() -> None:
+        for _, writer in connections.values():
+            writer.close()
+
+    return call, close
+
+
 # ----------------------------------------------------------------------------- load
 
 async def closed_loop(call: Caller, spec: WorkerSpec, t0: float) -> WorkerResult:
@@ -297,7 +336,7 @@ async def closed_loop(call: Caller, spec: WorkerSpec, t0: float) -> WorkerResult
             except grpc.aio.AioRpcError as exc:
                 ok = False
                 code = exc.code().name
-            except StreamMessageError as exc:
+            except (StreamMessageError, HttpError) as exc:
                 ok = False
                 code = exc.code
             except Exception as exc:  # noqa: BLE001 - tritonclient wraps errors in its own type
@@ -327,6 +366,8 @@ async def run_worker(spec: WorkerSpec) -> WorkerResult:
     channel: grpc.aio.Channel | None = None
     if spec.api == "kserve-triton":
         call, close = triton_caller(spec)
+    elif spec.api == "kserve-rest":
+        call, close = rest_caller(spec)
     else:
         if spec.channels > 1:
             options.append(("grpc.use_local_subchannel_pool", 1))  # one connection per channel

@@ -17,6 +17,10 @@ MODE_LABELS = {
     "textclf-multi": "(d) textclf.v1 Classify with --multi-texts texts per request (texts/s = req/s x texts)",
     "textclf-stream": "(d') textclf.v1 ClassifyStream: one stream per connection, one text per message, c in flight",
     "textclf-workers": "(e) textclf.v1 Classify, batching on, --workers N server processes on one port",
+    "textclf-traced": "(g) textclf.v1 Classify, batching on, tracing on: every request sampled, spans exported over "
+                      "OTLP to a discarding collector on loopback",
+    "kserve-rest": "(h) KServe v2 infer over HTTP/REST (JSON, keep-alive), batching on, its own server with the REST "
+                   "port on",
     "grpc-floor": "(f) gRPC floor: textclf.v1 Classify on the same grpc.aio stack, fixed answer, no model",
     "grpc-floor-sync": "(f') gRPC floor on grpcio's thread-pool (sync) server, fixed answer, no model",
 }

@@ -208,6 +208,33 @@ def start_server(repository: Path, *, batching: bool, threads: int, extra_args: 
                    log_dir / f"server-{'batching' if batching else 'nobatch'}-{port}.log", env)
 
 
+class DiscardingCollector:
+    """An OTLP/gRPC trace collector on a free loopback port that counts the spans it is sent and
+    keeps nothing (mode textclf-traced: the exporter does all its work, the collector little)."""
+
+    def __init__(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+        self.spans = 0
+        collector = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request, context):
+                collector.spans += sum(len(scope.spans) for rs in request.resource_spans for scope in rs.scope_spans)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(1))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
 def start_floor_server(kind: str, log_dir: Path) -> ServerProcess:
     """Start ``bench/grpc_floor_server.py`` (the textclf.v1 API with no model) on a free port."""
     port = free_port()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv and installs textclf with training, export and test extras.
+# Creates .venv and installs textclf with training, export, tracing and test extras.
 # Idempotent: re-runs pip only when pyproject.toml changed since the last install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,9 +15,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.textclf-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "[setup] installing textclf[train,dev] into $VENV"
+  echo "[setup] installing textclf[train,dev,tracing] into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e '.[train,dev]'
+  "$VENV/bin/python" -m pip install -q -e '.[train,dev,tracing]'
   "$VENV/bin/python" -m pip check
   touch "$stamp"
 fi

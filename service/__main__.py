@@ -53,7 +53,8 @@ async def serve(settings: Settings, worker: str | None = None) -> None:
     await app.start()
     if worker is None:
         metrics = f"http://{settings.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"
-        logger.info("textclf serving gRPC on %s:%d; metrics %s", settings.host, app.port, metrics)
+        rest = f"; REST http://{settings.rest_host}:{app.rest_port}/v2" if app.rest_port is not None else ""
+        logger.info("textclf serving gRPC on %s:%d; metrics %s%s", settings.host, app.port, metrics, rest)
     else:
         logger.info("worker %s (pid %d) serving gRPC on %s port %d", worker, os.getpid(), settings.host, app.port)
         _tell_supervisor_ready()

@@ -39,6 +39,7 @@ from bundle.tokenization import EncodedText
 from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
 from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
+from service.tracing import StageTimes
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -85,8 +86,8 @@ class SchedulerClosed(Unavailable):
 
 class Scheduler(Protocol):
     def start(self) -> None: ...
-    async def submit(self, texts: Sequence[str], deadline: float | None,
-                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]: ...
+    async def submit(self, texts: Sequence[str], deadline: float | None, tokenizer_pool: TokenizerPool,
+                     stages: StageTimes | None = None) -> tuple[np.ndarray, list[EncodedText]]: ...
     async def close(self) -> None: ...
     @property
     def queue_depth(self) -> int: ...
@@ -101,6 +102,7 @@ class _Request:
     deadline: float | None
     remaining: int
     enqueued: float = field(default_factory=time.monotonic)
+    stages: StageTimes | None = None  # TRACING HOOK: recorded only when the request is traced
 
     @property
     def finished(self) -> bool:
@@ -224,10 +226,17 @@ class DynamicBatcher(_Base):
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_forever(), name=f"batcher-{self.model}")
 
-    async def submit(self, texts: Sequence[str], deadline: float | None,
-                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]:
-        encoded = await self._admit_and_tokenize(texts, len(self._pending), tokenizer_pool)
+    async def submit(self, texts: Sequence[str], deadline: float | None, tokenizer_pool: TokenizerPool,
+                     stages: StageTimes | None = None) -> tuple[np.ndarray, list[EncodedText]]:
+        if stages is None:
+            encoded = await self._admit_and_tokenize(texts, len(self._pending), tokenizer_pool)
+        else:  # TRACING HOOK: admission and tokenization timed
+            begin = time.monotonic()
+            encoded = await self._admit_and_tokenize(texts, len(self._pending), tokenizer_pool)
+            stages.tokenize = (begin, time.monotonic())
         request = self._new_request(len(encoded), deadline)
+        if stages is not None:  # TRACING HOOK
+            request.stages, stages.enqueued = stages, request.enqueued
         self._pending.extend(_Item(request, row, text.ids) for row, text in enumerate(encoded))
         self._set_depth()
         self._wakeup.set()
@@ -338,6 +347,8 @@ class DynamicBatcher(_Base):
         queue_hist = self.metrics.queue_seconds.labels(self.model, self.version)
         for item in batch:
             queue_hist.observe(now - item.request.enqueued)
+            if item.request.stages is not None and item.request.stages.dequeued is None:  # TRACING HOOK
+                item.request.stages.dequeued = now
         return batch
 
     async def _compute(self, batch: list[_Item]) -> None:
@@ -351,8 +362,13 @@ class DynamicBatcher(_Base):
             for item in batch:
                 item.request.fail(Internal())
             return
-        self._observe_batch(len(batch), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        self._observe_batch(len(batch), seconds)
+        end = None
         for row, item in enumerate(batch):
+            if item.request.stages is not None:  # TRACING HOOK
+                end = end or time.monotonic()
+                item.request.stages.batch(end - seconds, end, len(batch))
             item.request.deliver(item.row, probabilities[row])
 
 
@@ -373,8 +389,8 @@ class DirectScheduler(_Base):
     def start(self) -> None:
         pass
 
-    async def submit(self, texts: Sequence[str], deadline: float | None,
-                     tokenizer_pool: TokenizerPool) -> tuple[np.ndarray, list[EncodedText]]:
+    async def submit(self, texts: Sequence[str], deadline: float | None, tokenizer_pool: TokenizerPool,
+                     stages: StageTimes | None = None) -> tuple[np.ndarray, list[EncodedText]]:
         """Admitted, then tokenized and computed in one job on the inference pool (a request runs
         alone, so tokenizing it elsewhere would only add a thread hand-off)."""
         self._admit(self._in_flight, len(texts))
@@ -397,7 +413,13 @@ class DirectScheduler(_Base):
             encoded.extend(self.runtime.encode(texts))
             begin = time.perf_counter()
             probabilities = self.runtime.run([t.ids for t in encoded])
-            self._observe_batch(len(encoded), time.perf_counter() - begin)
+            seconds = time.perf_counter() - begin
+            self._observe_batch(len(encoded), seconds)
+            if stages is not None:  # TRACING HOOK
+                end = time.monotonic()
+                stages.enqueued, stages.dequeued = enqueued, started
+                stages.tokenize = (started, end - seconds)
+                stages.batch(end - seconds, end, len(encoded))
             return probabilities
 
         loop = asyncio.get_running_loop()

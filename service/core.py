@@ -22,6 +22,7 @@ from service.metrics import ServiceMetrics
 from service.repository import ModelRepository
 from service.settings import Settings
 from service.statistics import InferenceStatistics
+from service.tracing import RequestTracer, StageTimes
 from service.types import Classification, ClassifyRequest, LoadedModel, ModelState
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class InferenceCore:
         self._control = ControlAuth(settings.read_control_token())  # SettingsError: unreadable token file
         self.statistics = InferenceStatistics()
         self.tokenizer_pool = TokenizerPool(settings.tokenize_workers, settings.tokenize_max_backlog_texts)
+        self.tracer: RequestTracer | None = None  # TRACING HOOK: set by create_app when tracing is on
 
     # -- lifecycle ---------------------------------------------------------------------------
     def live(self) -> bool:
@@ -55,6 +57,9 @@ class InferenceCore:
     def start_draining(self) -> None:
         self._draining = True
         self.drain_started.set()
+
+    def is_draining(self) -> bool:
+        return self._draining
 
     def close(self) -> None:
         """After the server stopped: end the tokenizer threads."""
@@ -153,13 +158,14 @@ class InferenceCore:
         before its scheduler admits the texts, the request is resolved again and submitted whole
         to the new version, which tokenizes it with its own tokenizer."""
         start = time.perf_counter()
+        stages = None if self.tracer is None else StageTimes()  # TRACING HOOK
         try:
             self._require_ready()
             self.validate_texts(request.texts)
             for attempt in range(3):
                 try:
                     probabilities, encoded = await model.scheduler.submit(request.texts, request.deadline,
-                                                                          self.tokenizer_pool)
+                                                                          self.tokenizer_pool, stages)
                     break
                 except SchedulerClosed:
                     if attempt == 2:
@@ -168,6 +174,9 @@ class InferenceCore:
         except Exception:
             self.statistics.failure(model.name, model.version, time.perf_counter() - start)
             raise
+        finally:
+            if stages is not None:  # TRACING HOOK: the scheduler stages as child spans
+                self.tracer.record_stages(stages)
         self.statistics.success(model.name, model.version, len(encoded), time.perf_counter() - start)
         if self.settings.log_request_texts and logger.isEnabledFor(logging.DEBUG):
             logger.debug("classified %s/%d: %r", model.name, model.version, list(request.texts))

@@ -31,6 +31,7 @@ from service.metrics import ServiceMetrics
 from service.repository import ModelRepository, RepositoryEvent
 from service.runtime import RuntimeConfigError, resolve_providers
 from service.settings import Settings
+from service.tracing import build as build_tracer
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +105,15 @@ class App:
         self.port = port
         self.service_names = service_names
         self.metrics_port: int | None = None
+        self.rest = None  # service.api.http11.HTTPServer when rest_port >= 0
+        self.rest_port: int | None = None
         self._health_tasks: set[asyncio.Task] = set()
         repository.listeners.append(self._on_repository_event)
 
     async def start(self) -> None:
         await self.server.start()
+        if self.rest is not None:
+            await self.rest.start()
         if self.settings.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.settings.metrics_host, self.settings.metrics_port)
         for name in self.repository.model_names():
@@ -138,10 +143,14 @@ class App:
             logger.warning("grace period of %.1f s over with %d call(s) still running", grace,
                            self.core.calls_in_flight)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
+        if self.rest is not None:
+            await self.rest.close()
         await self.repository.close()
         self.core.close()
         self.executor.shutdown(wait=True)
         self.metrics.stop()
+        if self.core.tracer is not None:
+            self.core.tracer.shutdown()
 
     def _on_repository_event(self, event: RepositoryEvent) -> None:
         status = SERVING if self.repository.versions(event.name) else NOT_SERVING
@@ -178,7 +187,10 @@ def grpc_server_options(settings: Settings, *, reuse_port: bool = False) -> list
     return options
 
 
-async def create_app(settings: Settings, *, reuse_port: bool = False) -> App:
+async def create_app(settings: Settings, *, reuse_port: bool = False, span_exporter: object = None) -> App:
+    """``reuse_port``: a worker of the multi-worker supervisor (gRPC and REST ports shared).
+    ``span_exporter`` (an OpenTelemetry SpanExporter, e.g. the SDK's InMemorySpanExporter):
+    tracing on with spans handed there instead of OTLP (tests, embedders)."""
     credentials = _server_credentials(settings)  # before loading models: bad TLS files fail fast
     if settings.repository_control and credentials is None:
         logger.warning("repository_control is on without TLS: the control token crosses the network in cleartext; "
@@ -189,6 +201,7 @@ async def create_app(settings: Settings, *, reuse_port: bool = False) -> App:
     repository = ModelRepository(settings, metrics, executor, providers)
     await repository.load_all()
     core = InferenceCore(settings, repository, metrics)
+    core.tracer = build_tracer(settings, span_exporter)  # None when tracing is off
     server = grpc.aio.server(options=grpc_server_options(settings, reuse_port=reuse_port),
                              maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None)
     service_names = register_servicers(server, core)
@@ -202,5 +215,18 @@ async def create_app(settings: Settings, *, reuse_port: bool = False) -> App:
     if port == 0:
         raise OSError(f"cannot bind gRPC port {address}")
     logger.info("models loaded: %s", ", ".join(f"{m.name}/{m.version}" for m in repository.loaded()) or "none")
-    return App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names)
+    app = App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names)
+    if settings.rest_port >= 0:  # KServe v2 over HTTP/REST (docs/rest.md); imported only when on
+        from service.api.rest import build_server
+
+        if credentials is not None:
+            logger.warning("the REST port serves plaintext HTTP while the gRPC port uses TLS: bind rest_host to a "
+                           "loopback/private address or put a TLS-terminating proxy in front (docs/rest.md)")
+
+        app.rest = build_server(core)
+        try:
+            app.rest_port = await app.rest.bind(settings.rest_host, settings.rest_port, reuse_port=reuse_port)
+        except OSError as exc:
+            raise OSError(f"cannot bind REST port {settings.rest_host}:{settings.rest_port} ({exc.strerror})") from None
+    return app
 

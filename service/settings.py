@@ -103,6 +103,17 @@ class Settings:
     drain_delay: float = _opt(0.5, "seconds a drained server keeps answering UNAVAILABLE before it closes its port")
     log_level: str = _opt("INFO", "logging level: DEBUG, INFO, WARNING or ERROR")
     log_request_texts: bool = _opt(False, "log request texts at DEBUG level (never on by default)")
+    # REST and tracing (issue 12; docs/rest.md, docs/service.md "Tracing")
+    rest_host: str = _opt("0.0.0.0", "KServe v2 HTTP/REST listen host")
+    rest_port: int = _opt(-1, "KServe v2 HTTP/REST port (0 = any free port, -1 = off)")
+    rest_max_connections: int = _opt(256, "open HTTP/REST connections per process; beyond it the longest-idle "
+                                          "connection is closed")
+    rest_idle_timeout: float = _opt(30.0, "seconds an HTTP/REST connection may wait for (the whole head of) its "
+                                          "next request before it is closed")
+    tracing_otlp_endpoint: str = _opt("", "OpenTelemetry OTLP/gRPC collector endpoint, e.g. http://127.0.0.1:4317; "
+                                          "set = tracing on ('' = off: nothing of OpenTelemetry is imported)")
+    tracing_sample_ratio: float = _opt(1.0, "share of new traces recorded (0..1); a sent traceparent's sampled flag wins")
+    tracing_service_name: str = _opt("textclf", "service.name of the spans")
 
     def validate(self) -> "Settings":
         errors: list[str] = []
@@ -111,12 +122,12 @@ class Settings:
             if not ok:
                 errors.append(f"{name}={getattr(self, name)!r}: {requirement}")
 
-        for name in ("port", "metrics_port"):
-            low = -1 if name == "metrics_port" else 0
+        for name in ("port", "metrics_port", "rest_port"):
+            low = -1 if name in ("metrics_port", "rest_port") else 0
             check(low <= getattr(self, name) <= 65535, name, f"must be in [{low}, 65535]")
         for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_batch_size", "max_queue_size",
                      "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers",
-                     "workers", "tokenize_workers", "tokenize_max_backlog_texts"):
+                     "workers", "tokenize_workers", "tokenize_max_backlog_texts", "rest_max_connections"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
@@ -125,6 +136,10 @@ class Settings:
         for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",
                      "max_connection_age_grace_seconds", "max_connection_idle_seconds"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
+        check(self.rest_idle_timeout > 0, "rest_idle_timeout", "must be > 0")
+        check(0.0 <= self.tracing_sample_ratio <= 1.0, "tracing_sample_ratio", "must be in [0, 1]")
+        check(not self.tracing_otlp_endpoint or "://" in self.tracing_otlp_endpoint, "tracing_otlp_endpoint",
+              "must be a URL such as http://127.0.0.1:4317")
         check(not (self.grpc_max_pending_requests and self.grpc_max_pending_requests_hard_limit)
               or self.grpc_max_pending_requests <= self.grpc_max_pending_requests_hard_limit,
               "grpc_max_pending_requests", "must be <= grpc_max_pending_requests_hard_limit")

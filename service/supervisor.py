@@ -82,6 +82,7 @@ class Supervisor:
         self.settings = settings
         self.argv = list(argv)
         self.port = 0
+        self.rest_port: int | None = None  # REST: every worker binds it with SO_REUSEPORT, as the gRPC port
         self.metrics_port: int | None = None
         self.workers: dict[int, Worker] = {}
         self._metrics_dir = ""
@@ -90,8 +91,9 @@ class Supervisor:
 
     # -- workers ----------------------------------------------------------------------------
     def _worker_command(self) -> list[str]:
+        rest = [] if self.rest_port is None else ["--rest-port", str(self.rest_port)]
         return [sys.executable, "-m", "service", *self.argv, "--workers", "1", "--port", str(self.port),
-                "--metrics-port", "-1"]
+                "--metrics-port", "-1", *rest]
 
     async def _spawn(self, index: int) -> tuple[Worker, asyncio.Future]:
         """Start worker ``index``; returns it and a future that is True once it serves (False if it
@@ -172,6 +174,15 @@ class Supervisor:
         except OSError as exc:
             logger.error("cannot start: cannot bind gRPC port %s:%d (%s)", self.settings.host, self.settings.port, exc)
             return 1
+        rest_reservation = None
+        if self.settings.rest_port >= 0:
+            try:
+                rest_reservation, self.rest_port = reserve_port(self.settings.rest_host, self.settings.rest_port)
+            except OSError as exc:
+                logger.error("cannot start: cannot bind REST port %s:%d (%s)", self.settings.rest_host,
+                             self.settings.rest_port, exc)
+                reservation.close()
+                return 1
         self._metrics_dir = tempfile.mkdtemp(prefix="textclf-metrics-")
         http = None
         try:
@@ -186,6 +197,8 @@ class Supervisor:
                 http.shutdown()
                 http.server_close()
             reservation.close()
+            if rest_reservation is not None:
+                rest_reservation.close()
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
 
     async def _supervise(self) -> int:
@@ -202,8 +215,9 @@ class Supervisor:
             return code if code in (1, 2) else 1
         metrics = (f"http://{self.settings.metrics_host}:{self.metrics_port}/metrics"
                    if self.metrics_port is not None else "off")
-        logger.info("textclf serving gRPC on %s:%d; metrics %s (%d workers: pids %s)", self.settings.host, self.port,
-                    metrics, len(self.workers), ", ".join(str(w.pid) for w in self.workers.values()))
+        rest = f"; REST http://{self.settings.rest_host}:{self.rest_port}/v2" if self.rest_port is not None else ""
+        logger.info("textclf serving gRPC on %s:%d; metrics %s%s (%d workers: pids %s)", self.settings.host, self.port,
+                    metrics, rest, len(self.workers), ", ".join(str(w.pid) for w in self.workers.values()))
         code = 0
         stop = asyncio.get_running_loop().create_task(self._stop.wait())
         while not self._stop.is_set():

@@ -285,6 +285,7 @@ def test_dockerfile_serving_image() -> None:
     assert healthcheck and "python -m service.healthcheck --address" in healthcheck.group(1)
     assert 'ENTRYPOINT ["python", "-m", "service"]' in serve
     assert re.search(r"pip install (--no-deps )?\.", build) and "torch" not in re.sub(r"#.*|torch leaked|import torch", "", build)
+    assert "['tracing']" in build, "the serving image installs the tracing extra (opt-in at run time)"
     assert re.search(r'if python -c "import torch"', build), "the build must fail if torch leaks in"
     env = dict(re.findall(r"(TEXTCLF_\w+)=(\S+)", serve))
     defaults = Settings()

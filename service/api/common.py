@@ -187,22 +187,44 @@ def record(metrics: Any, call: CallInfo, code: grpc.StatusCode, seconds: float) 
     metrics.observe_request(call.api, call.model, call.version, code.name, seconds)
 
 
+def end_span(tracer: Any, traced: Any, call: CallInfo, exc: BaseException | None,
+             context: grpc.aio.ServicerContext | None = None) -> None:
+    """TRACING HOOK (service/tracing.py): end a request's span with the status the boundary
+    answers for ``exc`` (None = OK), without logging anything."""
+    code, message = grpc.StatusCode.OK, ""
+    if isinstance(exc, ServiceError) and not isinstance(exc, Internal):
+        code, message = exc.code, exc.message
+    elif isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        code = grpc.StatusCode.CANCELLED
+    elif isinstance(exc, grpc.aio.AbortError) and context is not None:
+        code = context.code() or grpc.StatusCode.UNKNOWN
+    elif exc is not None:
+        code, message = grpc.StatusCode.INTERNAL, Internal.GENERIC_MESSAGE
+    tracer.end(traced, call.model, call.version, code.name, message)
+
+
 async def answer_in_stream(metrics: Any, api: str, handle: Callable[[CallInfo], Awaitable[T]],
-                           answer_error: Callable[[grpc.StatusCode, str], T]) -> T:
-    """One message of a stream: ``handle(call)``, recorded under its own request metric ``api``.
-    A failure is answered in place with ``answer_error(code, message)`` and the stream goes on; a
-    cancellation (the stream ended) is recorded as CANCELLED and propagates."""
+                           answer_error: Callable[[grpc.StatusCode, str], T], tracer: Any = None) -> T:
+    """One message of a stream: ``handle(call)``, recorded under its own request metric ``api``
+    (and, with a ``tracer``, in its own span, a child of the stream's). A failure is answered in
+    place with ``answer_error(code, message)`` and the stream goes on; a cancellation (the stream
+    ended) is recorded as CANCELLED and propagates."""
     call, start, code = CallInfo(api), time.perf_counter(), grpc.StatusCode.OK
+    traced = None if tracer is None else tracer.begin(api)  # TRACING HOOK
+    failure: BaseException | None = None
     try:
         return await handle(call)
-    except asyncio.CancelledError:
-        code = grpc.StatusCode.CANCELLED
+    except asyncio.CancelledError as exc:
+        code, failure = grpc.StatusCode.CANCELLED, exc
         raise
     except Exception as exc:  # noqa: BLE001 - one message's failure must not end the stream
+        failure = exc
         code, message = status_of(exc)
         return answer_error(code, message)
     finally:
         record(metrics, call, code, time.perf_counter() - start)
+        if traced is not None:
+            end_span(tracer, traced, call, failure)
 
 
 async def _fail(metrics: Any, call: CallInfo, context: grpc.aio.ServicerContext, exc: BaseException,
@@ -234,6 +256,8 @@ def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitab
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
             call = CallInfo(api)
             start = time.perf_counter()
+            tracer = self.core.tracer
+            traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
             self.core.call_started()
             try:
                 if control:
@@ -244,11 +268,15 @@ def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitab
                     raise request.error()
                 response = await method(self, request, context, call)
             except BaseException as exc:  # noqa: BLE001 - the boundary maps everything
+                if traced is not None:
+                    end_span(tracer, traced, call, exc, context)
                 await _fail(self.core.metrics, call, context, exc, start)
                 raise  # only reached for cancellation / an abort already sent
             finally:
                 self.core.call_finished()
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
+            if traced is not None:
+                end_span(tracer, traced, call, None)
             return response
 
         wrapper.authorize_before_parsing = control  # type: ignore[attr-defined] - read by add_servicer
@@ -269,6 +297,8 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
             call = CallInfo(api)
             start = time.perf_counter()
+            tracer = self.core.tracer
+            traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
             self.core.call_started()
             try:
                 if isinstance(request, UndecodableRequest):
@@ -278,11 +308,15 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
                 async for item in method(self, request, context, call):
                     yield item
             except BaseException as exc:  # noqa: BLE001
+                if traced is not None:
+                    end_span(tracer, traced, call, exc, context)
                 await _fail(self.core.metrics, call, context, exc, start)
                 raise
             finally:
                 self.core.call_finished()
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
+            if traced is not None:
+                end_span(tracer, traced, call, None)
 
         return wrapper
 

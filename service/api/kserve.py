@@ -134,7 +134,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         return await answer_in_stream(
             self.core.metrics, f"{API}.ModelStreamInfer.message", infer,
             lambda code, message: pb.ModelStreamInferResponse(error_message=message,
-                                                              infer_response=pb.ModelInferResponse(id=request.id)))
+                                                              infer_response=pb.ModelInferResponse(id=request.id)),
+            tracer=self.core.tracer)
 
     @unary(f"{API}.ModelStatistics")
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context,

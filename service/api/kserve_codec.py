@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -313,21 +313,28 @@ def _classification_strings(probabilities: np.ndarray, labels: Sequence[str], k:
             for row in range(probabilities.shape[0]) for col in order[row]]
 
 
-def encode_response(decoded: InferInput, result: ClassificationLike) -> pb.ModelInferResponse:
-    """A ModelInferResponse with the requested outputs of ``result``, raw or typed."""
+def output_tensors(decoded: InferInput,
+                   result: ClassificationLike) -> Iterator[tuple[str, str, list[int], np.ndarray | list[bytes]]]:
+    """The requested outputs of ``result`` as (name, datatype, shape, data): FP32 data a
+    little-endian float32 array, BYTES data a list of bytes. Shared by gRPC and REST."""
     probabilities = np.ascontiguousarray(result.probabilities, dtype="<f4")
     n = probabilities.shape[0]
-    response = pb.ModelInferResponse(model_name=result.model_name, model_version=str(result.model_version),
-                                     id=decoded.request_id)
     for requested in decoded.outputs:
-        tensor = response.outputs.add(name=requested.name)
         if requested.name == PROBABILITIES_OUTPUT and requested.classification:
             items = _classification_strings(probabilities, result.labels, requested.classification)
-            tensor.datatype, shape, data = BYTES, [n, len(items) // max(n, 1)], items
+            yield requested.name, BYTES, [n, len(items) // max(n, 1)], items
         elif requested.name == PROBABILITIES_OUTPUT:
-            tensor.datatype, shape, data = FP32, list(probabilities.shape), probabilities
+            yield requested.name, FP32, list(probabilities.shape), probabilities
         else:
-            tensor.datatype, shape, data = BYTES, [n], [label.encode() for label in result.predicted]
+            yield requested.name, BYTES, [n], [label.encode() for label in result.predicted]
+
+
+def encode_response(decoded: InferInput, result: ClassificationLike) -> pb.ModelInferResponse:
+    """A ModelInferResponse with the requested outputs of ``result``, raw or typed."""
+    response = pb.ModelInferResponse(model_name=result.model_name, model_version=str(result.model_version),
+                                     id=decoded.request_id)
+    for name, datatype, shape, data in output_tensors(decoded, result):
+        tensor = response.outputs.add(name=name, datatype=datatype)
         tensor.shape.extend(shape)
         if decoded.binary_output:
             response.raw_output_contents.append(

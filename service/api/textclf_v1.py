@@ -50,7 +50,8 @@ class TextClassifierServicer(pb_grpc.TextClassifierServicer):
             return await answer_in_stream(
                 self.core.metrics, f"{API}.ClassifyStream.message", classify,
                 lambda code, text: pb.ClassifyStreamResponse(id=message.id,
-                                                             error=pb.Error(code=code.value[0], message=text)))
+                                                             error=pb.Error(code=code.value[0], message=text)),
+                tracer=self.core.tracer)
 
         return handle
 

@@ -37,8 +37,9 @@ TEXTS = [
 class ServerThread:
     """A real textclf server on its own event loop thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, **app_options: Any) -> None:
         self.settings = settings
+        self.app_options = app_options  # create_app keyword arguments (e.g. span_exporter)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
         self.events: list[RepositoryEvent] = []
@@ -47,7 +48,7 @@ class ServerThread:
 
     def start(self) -> "ServerThread":
         self.thread.start()
-        self.app = self.call(create_app(self.settings))
+        self.app = self.call(create_app(self.settings, **self.app_options))
         self.app.repository.listeners.append(self._record)
         self.call(self.app.start())
         return self
@@ -67,6 +68,10 @@ class ServerThread:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.app.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.app.rest_port}"
 
     @property
     def metrics_url(self) -> str:
