@@ -82,6 +82,11 @@ class Settings:
     max_batch_size: int = _opt(64, "most texts in one onnxruntime call")
     max_queue_delay_ms: float = _opt(0.0, "longest a text waits for batch-mates once the worker is free (0 = greedy)")
     max_queue_size: int = _opt(1024, "most texts waiting per model version; beyond it RESOURCE_EXHAUSTED")
+    # ~0.5 s of work for the BBC GRU (max_len 384) on one 2-core machine's inference thread, which
+    # computes ~93k tokens/s in batches of 64 x 384; size it as seconds x tokens/s (docs/service.md)
+    max_queue_tokens: int = _opt(
+        49_152, "most tokens waiting per model version (admitted, not yet computed; a text counts its tokens, at least "
+                "8, or max_len while it is tokenized); beyond it RESOURCE_EXHAUSTED; a larger request runs only alone")
     length_bucket_ratio: float = _opt(2.0, "a batch's longest text is at most this times its shortest (>= 1)")
     # Request limits
     max_texts_per_request: int = _opt(256, "most texts in one request")
@@ -115,7 +120,7 @@ class Settings:
             low = -1 if name == "metrics_port" else 0
             check(low <= getattr(self, name) <= 65535, name, f"must be in [{low}, 65535]")
         for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_batch_size", "max_queue_size",
-                     "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers",
+                     "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers", "max_queue_tokens",
                      "workers", "tokenize_workers", "tokenize_max_backlog_texts"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
