@@ -45,8 +45,10 @@ class Settings:
             "at random (clients see CANCELLED; 0 = gRPC default 1000)")
     grpc_max_pending_requests_hard_limit: int = _opt(
         512, "calls gRPC core queues at most, per process; beyond it every new call is shed (0 = gRPC default 3000)")
+    # 1 s (was 5): a call waiting longer in gRPC core's backlog is shed (CANCELLED, retryable) instead of
+    # being answered seconds late; the smallest non-zero value gRPC takes (whole seconds)
     grpc_max_unrequested_seconds: int = _opt(
-        5, "a call gRPC core queued this long without the event loop taking it is shed (0 = gRPC default 30)")
+        1, "a call gRPC core queued this long without the event loop taking it is shed (0 = gRPC default 30)")
     # Connection lifetime (issue 9): balancers can only rebalance connections that end
     max_connection_age_seconds: float = _opt(
         0.0, "a client connection older than this gets GOAWAY and reconnects (new calls then go where the balancer "
