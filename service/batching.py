@@ -10,8 +10,9 @@ scheduler task that forms batches:
   with RESOURCE_EXHAUSTED too, so the admitted work is bounded in compute time, not only in texts.
   A text costs its token count (at least ``SHORT_FLOOR``), known at once for small requests
   (tokenized on the event loop) and counted as ``max_len`` while a large request is in the
-  tokenizer pool (then corrected). A request costing more than the whole budget is admitted only
-  alone (when no other token waits), so every legal request can run on an idle server;
+  tokenizer pool (then corrected). Requests costing over 1/16 of the budget may fill only 3/4 of
+  it (the rest stays open to small requests); a request costing more than the whole budget is
+  admitted only alone (when no other token waits), so every legal request can run on an idle server;
 * tokenization: with the version's own tokenizer (``submit`` takes raw texts, so the ids always
   come from the tokenizer of the model that computes them), on the event loop for small
   requests and on the bounded tokenizer pool otherwise; ids stay ragged until a batch is padded;
@@ -56,6 +57,11 @@ SHORT_FLOOR = 8
 # Requests with at most this many characters are tokenized on the event loop (tens of
 # microseconds); bigger ones go to the tokenizer pool so the loop never stalls.
 INLINE_TOKENIZE_CHARS = 2048
+# Requests costing over 1/SMALL_SHARE of max_queue_tokens are "large": they may fill only
+# LARGE_FILL of it; the rest is kept for small requests (a legitimate single text among hostile
+# 64-text requests of max_len tokens each is never locked out by them).
+SMALL_SHARE = 16
+LARGE_FILL = 0.75
 
 
 class TokenizerPool:
@@ -170,13 +176,18 @@ class _Base:
         return count * max(int(self.runtime.encoder.max_len), SHORT_FLOOR)
 
     def _admit_tokens(self, count: int, tokens: int) -> None:
-        """Take ``tokens`` of the ``max_queue_tokens`` budget or refuse at once; a request costing
-        more than the whole budget is taken only when nothing else waits (admitted alone)."""
-        if self._tokens and self._tokens + tokens > self.max_queue_tokens:
+        """Take ``tokens`` of the ``max_queue_tokens`` budget or refuse at once. Large requests
+        (over ``1/SMALL_SHARE`` of the budget) may fill only ``LARGE_FILL`` of it, so a few of them
+        never lock small requests out; a request costing more than the whole budget is taken
+        only when nothing else waits (admitted alone)."""
+        limit = self.max_queue_tokens
+        if tokens * SMALL_SHARE > limit:
+            limit = int(limit * LARGE_FILL)
+        if self._tokens and self._tokens + tokens > limit:
             self.metrics.rejected.labels(self.model, self.version).inc(count)
             raise ResourceExhausted(
                 f"model {self.model} queue is full ({self._tokens} tokens waiting, this request {tokens}, "
-                f"limit max_queue_tokens={self.max_queue_tokens}); retry later")
+                f"limit {limit} of max_queue_tokens={self.max_queue_tokens}); retry later")
         self._tokens += tokens
 
     def _admit(self, waiting: int, count: int) -> None:
