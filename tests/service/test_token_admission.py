@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from client.client import classify_request
-from tests.service.conftest import metric, scrape, wait_until
+from tests.service.conftest import hold_pool_tokenizer, metric, scrape, wait_until
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
 V2 = {"model": "news", "version": "2"}
@@ -84,16 +84,7 @@ def test_a_request_in_the_tokenizer_counts_max_len_a_text(start_server, bundles)
     server = start_server(max_queue_tokens=128)  # the tiny bundles' max_len is 64
     model = server.app.core.get_model("news")
     encoder, scheduler = model.runtime.encoder, model.scheduler
-    entered, release = threading.Event(), threading.Event()
-    real = encoder.token_ids
-
-    def held(texts):
-        if threading.current_thread().name.startswith("tokenize"):
-            entered.set()
-            release.wait(20)
-        return real(texts)
-
-    encoder.token_ids = held
+    entered, release = hold_pool_tokenizer(encoder)
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.TextClassifierStub(channel)
         large = stub.Classify.future(classify_request([words(500), words(10)], "news"), timeout=30)  # > inline limit
