@@ -6,6 +6,13 @@ scheduler task that forms batches:
 * admission first: a request's texts are admitted all together or not at all, before they are
   tokenized; beyond ``max_queue_size`` waiting texts (queued, or admitted and still being
   tokenized) the request fails fast with RESOURCE_EXHAUSTED;
+* admission by cost as well: beyond ``max_queue_tokens`` waiting tokens the request fails fast
+  with RESOURCE_EXHAUSTED too, so the admitted work is bounded in compute time, not only in texts.
+  A text costs its token count (at least ``SHORT_FLOOR``), known at once for small requests
+  (tokenized on the event loop) and counted as ``max_len`` while a large request is in the
+  tokenizer pool (then corrected). Requests costing over 1/16 of the budget may fill only 3/4 of
+  it (the rest stays open to small requests); a request costing more than the whole budget is
+  admitted only alone (when no other token waits), so every legal request can run on an idle server;
 * tokenization: with the version's own tokenizer (``submit`` takes raw texts, so the ids always
   come from the tokenizer of the model that computes them), on the event loop for small
   requests and on the bounded tokenizer pool otherwise; ids stay ragged until a batch is padded;
@@ -20,7 +27,8 @@ scheduler task that forms batches:
   compute and counted in ``textclf_dropped_texts``.
 
 ``DirectScheduler`` (batching off) runs every request alone (its own texts form one batch), with
-the same admission bound and the same drop-before-compute rule.
+the same admission bounds (its texts are tokenized in the job, so they count ``max_len`` tokens
+each against ``max_queue_tokens``) and the same drop-before-compute rule.
 """
 from __future__ import annotations
 
@@ -50,6 +58,11 @@ SHORT_FLOOR = 8
 # Requests with at most this many characters are tokenized on the event loop (tens of
 # microseconds); bigger ones go to the tokenizer pool so the loop never stalls.
 INLINE_TOKENIZE_CHARS = 2048
+# Requests costing over 1/SMALL_SHARE of max_queue_tokens are "large": they may fill only
+# LARGE_FILL of it; the rest is kept for small requests (a legitimate single text among hostile
+# 64-text requests of max_len tokens each is never locked out by them).
+SMALL_SHARE = 16
+LARGE_FILL = 0.75
 
 
 class TokenizerPool:
@@ -135,20 +148,49 @@ class _Item:
         return max(int(self.ids.shape[0]), SHORT_FLOOR)
 
 
+def _cost(encoded: Sequence[EncodedText]) -> int:
+    """Tokens a request's texts count against ``max_queue_tokens`` (what their batch rows cost)."""
+    return sum(max(len(text.ids), SHORT_FLOOR) for text in encoded)
+
+
 def _deadline_error() -> DeadlineExceeded:
     return DeadlineExceeded("deadline exceeded before the texts were computed")
 
 
 class _Base:
     def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
-                 model: str, version: int, *, max_queue_size: int) -> None:
+                 model: str, version: int, *, max_queue_size: int, max_queue_tokens: int) -> None:
         self.runtime = runtime
         self.executor = executor
         self.metrics = metrics
         self.model, self.version = model, str(version)
         self.max_queue_size = max_queue_size
+        self.max_queue_tokens = max_queue_tokens
         self._closed = False
         self._tokenizing = 0  # texts admitted and not yet queued (being tokenized)
+        self._tokens = 0  # tokens admitted and not yet computed (max_len a text while it is tokenized)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._tokens
+
+    def _upper_bound_tokens(self, count: int) -> int:
+        return count * max(int(self.runtime.encoder.max_len), SHORT_FLOOR)
+
+    def _admit_tokens(self, count: int, tokens: int) -> None:
+        """Take ``tokens`` of the ``max_queue_tokens`` budget or refuse at once. Large requests
+        (over ``1/SMALL_SHARE`` of the budget) may fill only ``LARGE_FILL`` of it, so a few of them
+        never lock small requests out; a request costing more than the whole budget is taken
+        only when nothing else waits (admitted alone)."""
+        limit = self.max_queue_tokens
+        if tokens * SMALL_SHARE > limit:
+            limit = int(limit * LARGE_FILL)
+        if self._tokens and self._tokens + tokens > limit:
+            self.metrics.rejected.labels(self.model, self.version).inc(count)
+            raise ResourceExhausted(
+                f"model {self.model} queue is full ({self._tokens} tokens waiting, this request {tokens}, "
+                f"limit {limit} of max_queue_tokens={self.max_queue_tokens}); retry later")
+        self._tokens += tokens
 
     def _admit(self, waiting: int, count: int) -> None:
         if self._closed:
@@ -165,10 +207,15 @@ class _Base:
         count = len(texts)
         self._admit(waiting + self._tokenizing, count)
         if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            return self.runtime.encode(texts)
+            encoded = self.runtime.encode(texts)
+            self._admit_tokens(count, _cost(encoded))
+            return encoded
+        reserved = self._upper_bound_tokens(count)
+        self._admit_tokens(count, reserved)
         try:
             pool.reserve(count)
         except ResourceExhausted:
+            self._tokens -= reserved
             self.metrics.rejected.labels(self.model, self.version).inc(count)
             raise
         self._tokenizing += count
@@ -176,17 +223,19 @@ class _Base:
         try:
             encoded = await asyncio.shield(work)
         except asyncio.CancelledError:
-            work.add_done_callback(lambda done: self._tokenized(pool, count, done))
+            work.add_done_callback(lambda done: self._tokenized(pool, count, reserved, done))
             raise
         except BaseException:
-            self._tokenized(pool, count)
+            self._tokenized(pool, count, reserved)
             raise
-        self._tokenized(pool, count)
+        self._tokenized(pool, count, reserved)
+        self._tokens += _cost(encoded)  # the exact cost replaces the reservation, queued right away
         return encoded
 
-    def _tokenized(self, pool: TokenizerPool, count: int, work: asyncio.Future | None = None) -> None:
+    def _tokenized(self, pool: TokenizerPool, count: int, reserved: int, work: asyncio.Future | None = None) -> None:
         pool.release(count)
         self._tokenizing -= count
+        self._tokens -= reserved
         if work is not None and not work.cancelled():
             work.exception()  # nobody awaits it any more: mark it retrieved
         self._tokenizing_done()
@@ -210,8 +259,9 @@ class _Base:
 class DynamicBatcher(_Base):
     def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
                  model: str, version: int, *, max_batch_size: int, max_queue_delay: float, max_queue_size: int,
-                 length_bucket_ratio: float) -> None:
-        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size)
+                 max_queue_tokens: int, length_bucket_ratio: float) -> None:
+        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size,
+                         max_queue_tokens=max_queue_tokens)
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.length_bucket_ratio = length_bucket_ratio
@@ -264,6 +314,10 @@ class DynamicBatcher(_Base):
         if self._task is not None:
             await self._task
 
+    def _dequeued(self, items: Sequence[_Item]) -> None:
+        """``items`` left the queue (computed now, dropped or failed): their tokens free budget."""
+        self._tokens -= sum(item.bucket_length for item in items)
+
     def _set_depth(self) -> None:
         self.metrics.queue_depth.labels(self.model, self.version).set(len(self._pending))
 
@@ -287,6 +341,7 @@ class DynamicBatcher(_Base):
 
     def _fail_pending(self, error: Exception) -> None:
         pending, self._pending = self._pending, []
+        self._dequeued(pending)
         for item in pending:
             item.request.fail(error)
         self._set_depth()
@@ -320,6 +375,7 @@ class DynamicBatcher(_Base):
                 request.fail(_deadline_error())
             if request.finished:
                 self._drop(1, "cancelled" if request.future.cancelled() else "deadline")
+                self._dequeued((item,))
                 continue
             live.append(item)
         self._pending = live
@@ -343,6 +399,7 @@ class DynamicBatcher(_Base):
             else:
                 rest.append(item)
         self._pending = rest
+        self._dequeued(batch)
         self._set_depth()
         queue_hist = self.metrics.queue_seconds.labels(self.model, self.version)
         for item in batch:
@@ -376,8 +433,9 @@ class DirectScheduler(_Base):
     """Batching off: each request's texts run as their own onnxruntime call."""
 
     def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
-                 model: str, version: int, *, max_queue_size: int) -> None:
-        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size)
+                 model: str, version: int, *, max_queue_size: int, max_queue_tokens: int) -> None:
+        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size,
+                         max_queue_tokens=max_queue_tokens)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -394,7 +452,9 @@ class DirectScheduler(_Base):
         """Admitted, then tokenized and computed in one job on the inference pool (a request runs
         alone, so tokenizing it elsewhere would only add a thread hand-off)."""
         self._admit(self._in_flight, len(texts))
-        self._track(len(texts))
+        tokens = self._upper_bound_tokens(len(texts))  # tokenized in the job: counted at max_len
+        self._admit_tokens(len(texts), tokens)
+        self._track(len(texts), tokens)
         lock = threading.Lock()
         phase = ["queued"]  # queued -> running | cancelled | expired
         enqueued = time.monotonic()
@@ -426,11 +486,11 @@ class DirectScheduler(_Base):
         try:
             work = self.executor.submit(job)
         except BaseException:
-            self._track(-len(texts))
+            self._track(-len(texts), -tokens)
             raise
         # the admission slot is held until the job itself is over: a caller that cancels while it
         # runs must not free room for more work than max_queue_size (submit-and-cancel)
-        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._track, -len(texts)))
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._track, -len(texts), -tokens))
         try:
             probabilities = await asyncio.wrap_future(work, loop=loop)
         except asyncio.CancelledError:
@@ -446,8 +506,9 @@ class DirectScheduler(_Base):
             raise _deadline_error()
         return probabilities, encoded
 
-    def _track(self, delta: int) -> None:
+    def _track(self, delta: int, tokens: int) -> None:
         self._in_flight += delta
+        self._tokens += tokens
         self.metrics.queue_depth.labels(self.model, self.version).set(self._in_flight)
         if self._in_flight == 0:
             self._idle.set()
@@ -462,7 +523,8 @@ class DirectScheduler(_Base):
 def make_scheduler(runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
                    model: str, version: int, settings: "Settings") -> Scheduler:
     if not settings.batching:
-        return DirectScheduler(runtime, executor, metrics, model, version, max_queue_size=settings.max_queue_size)
+        return DirectScheduler(runtime, executor, metrics, model, version, max_queue_size=settings.max_queue_size,
+                               max_queue_tokens=settings.max_queue_tokens)
     return DynamicBatcher(runtime, executor, metrics, model, version, max_batch_size=settings.max_batch_size,
                           max_queue_delay=settings.max_queue_delay, max_queue_size=settings.max_queue_size,
-                          length_bucket_ratio=settings.length_bucket_ratio)
+                          max_queue_tokens=settings.max_queue_tokens, length_bucket_ratio=settings.length_bucket_ratio)

@@ -45,8 +45,10 @@ class Settings:
             "at random (clients see CANCELLED; 0 = gRPC default 1000)")
     grpc_max_pending_requests_hard_limit: int = _opt(
         512, "calls gRPC core queues at most, per process; beyond it every new call is shed (0 = gRPC default 3000)")
+    # 1 s (was 5): a call waiting longer in gRPC core's backlog is shed (CANCELLED, retryable) instead of
+    # being answered seconds late; the smallest non-zero value gRPC takes (whole seconds)
     grpc_max_unrequested_seconds: int = _opt(
-        5, "a call gRPC core queued this long without the event loop taking it is shed (0 = gRPC default 30)")
+        1, "a call gRPC core queued this long without the event loop taking it is shed (0 = gRPC default 30)")
     # Connection lifetime (issue 9): balancers can only rebalance connections that end
     max_connection_age_seconds: float = _opt(
         0.0, "a client connection older than this gets GOAWAY and reconnects (new calls then go where the balancer "
@@ -82,6 +84,11 @@ class Settings:
     max_batch_size: int = _opt(64, "most texts in one onnxruntime call")
     max_queue_delay_ms: float = _opt(0.0, "longest a text waits for batch-mates once the worker is free (0 = greedy)")
     max_queue_size: int = _opt(1024, "most texts waiting per model version; beyond it RESOURCE_EXHAUSTED")
+    # ~0.5 s of work for the BBC GRU (max_len 384) on one 2-core machine's inference thread, which
+    # computes ~93k tokens/s in batches of 64 x 384; size it as seconds x tokens/s (docs/service.md)
+    max_queue_tokens: int = _opt(
+        49_152, "most tokens waiting per model version (admitted, not yet computed; a text counts its tokens, at least "
+                "8, or max_len while it is tokenized); beyond it RESOURCE_EXHAUSTED; a larger request runs only alone")
     length_bucket_ratio: float = _opt(2.0, "a batch's longest text is at most this times its shortest (>= 1)")
     # Request limits
     max_texts_per_request: int = _opt(256, "most texts in one request")
@@ -127,7 +134,8 @@ class Settings:
             check(low <= getattr(self, name) <= 65535, name, f"must be in [{low}, 65535]")
         for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_batch_size", "max_queue_size",
                      "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers",
-                     "workers", "tokenize_workers", "tokenize_max_backlog_texts", "rest_max_connections"):
+                     "max_queue_tokens", "workers", "tokenize_workers", "tokenize_max_backlog_texts",
+                     "rest_max_connections"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",

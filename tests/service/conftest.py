@@ -122,6 +122,22 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def hold_pool_tokenizer(encoder: Any) -> tuple[threading.Event, threading.Event]:
+    """Hook on a loaded version's real encoder: a call from a tokenizer-pool thread sets
+    ``entered`` and waits for ``release`` (texts tokenized on the event loop pass)."""
+    entered, release = threading.Event(), threading.Event()
+    real = encoder.token_ids
+
+    def held(texts):
+        if threading.current_thread().name.startswith("tokenize"):
+            entered.set()
+            release.wait(20)
+        return real(texts)
+
+    encoder.token_ids = held
+    return entered, release
+
+
 @pytest.fixture
 def repo_path(tmp_path: Path) -> Path:
     return tmp_path / "models"

@@ -74,21 +74,12 @@ def test_tokenizer_backlog_is_bounded_and_refused_at_once(start_server, bundles)
     second large request beyond ``tokenize_max_backlog_texts`` is refused RESOURCE_EXHAUSTED at
     once instead of queueing behind it, small requests (tokenized on the event loop) still pass,
     and the held request is answered once the thread goes on."""
-    import threading
     from concurrent.futures import ThreadPoolExecutor
 
+    from tests.service.conftest import hold_pool_tokenizer
+
     server = start_server(tokenize_max_backlog_texts=4)
-    encoder = server.app.core.get_model("news").runtime.encoder
-    entered, release = threading.Event(), threading.Event()
-    real = encoder.token_ids
-
-    def held(texts):
-        if threading.current_thread().name.startswith("tokenize"):
-            entered.set()
-            release.wait(20)
-        return real(texts)
-
-    encoder.token_ids = held
+    entered, release = hold_pool_tokenizer(server.app.core.get_model("news").runtime.encoder)
     large = ["market " * 400] * 4  # over the inline limit: tokenized in the pool
     with TextclfClient(server.address, retry=False, timeout=30) as client, ThreadPoolExecutor(1) as pool:
         first = pool.submit(client.classify, large, "news")
