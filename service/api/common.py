@@ -184,7 +184,7 @@ def unary(api: str) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awa
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
             call = CallInfo(api)
             start = time.perf_counter()
-            self.core.call_started()
+            self.core.call_started(context)
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
@@ -214,7 +214,7 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
             call = CallInfo(api)
             start = time.perf_counter()
-            self.core.call_started()
+            self.core.call_started(context, stream=True)
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
