@@ -12,6 +12,9 @@ metric ``textclf_requests_total{api, model, version, code}`` is labelled correct
 
 ``status_of(exc)`` gives the same mapping for errors reported inside a stream message.
 
+The boundary also tells the core when each call starts and ends (``InferenceCore.call_started``:
+calls in flight for the drain, open RPCs for the lone-request fast path).
+
 Servicers are registered through ``add_servicer`` so that request bytes which are not the
 method's message (invalid UTF-8 in a string field, garbage) reach the boundary as
 ``UndecodableRequest`` and are answered INVALID_ARGUMENT and counted, instead of grpc's own
