@@ -125,6 +125,9 @@ def test_lone_request_is_computed_at_once_without_the_inference_pool(start_serve
     try:
         assert held.wait(10)
         with TextclfClient(server.address, retry=False) as client:
+            with pytest.raises(grpc.RpcError) as failed:  # an aborted call ends too: it leaves no open RPC behind
+                client.classify(TEXTS[:1], "no-such-model", timeout=10)
+            assert failed.value.code() == grpc.StatusCode.NOT_FOUND
             result = client.classify(TEXTS[:2], "news", top_k=3, timeout=10)
             np.testing.assert_allclose(probabilities_of(result, bundles[2].labels),
                                        bundles[2].expected_probabilities(TEXTS[:2]), atol=1e-5, rtol=0)
