@@ -83,9 +83,11 @@ class InferenceCore:
 
     @property
     def alone(self) -> bool:
-        """Exactly one RPC is open (the caller's own): the lone-request fast path may run it
-        (service/batching.py). A heuristic for speed only: every path gives the same answers."""
-        return self._open_rpcs <= 1
+        """Exactly one RPC is open (the caller's own, registered by ``call_started``): the
+        lone-request fast path may run it (service/batching.py). A front end that does not
+        register its calls never counts as alone. A heuristic for speed only: every path gives
+        the same answers."""
+        return self._open_rpcs == 1
 
     def call_finished(self) -> None:
         self._calls_in_flight -= 1
