@@ -19,7 +19,7 @@ scheduler task that forms batches:
 * texts whose request passed its deadline or was cancelled by the client are dropped right before
   compute and counted in ``textclf_dropped_texts``;
 * the lone-request fast path: with ``max_queue_delay`` 0, a small request (at most
-  ``INLINE_COMPUTE_CHARS`` characters) submitted ``alone`` (the only RPC the server has open,
+  ``INLINE_TOKENIZE_CHARS`` characters) submitted ``alone`` (the only RPC the server has open,
   ``InferenceCore``) while nothing of its version is queued, being tokenized or computing is
   admitted, tokenized and computed right there on the event loop as a batch of its own: no
   scheduler task wake-up, no thread hand-off (docs/benchmarks.md "The request path"). Admission,
@@ -54,13 +54,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHORT_FLOOR = 8
-# Requests with at most this many characters are tokenized on the event loop (tens of
-# microseconds); bigger ones go to the tokenizer pool so the loop never stalls.
+# Requests with at most this many characters are tokenized on the event loop (tens to hundreds of
+# microseconds); bigger ones go to the tokenizer pool so the loop never stalls. The lone-request
+# fast path computes only such requests on the loop (a few ms of onnxruntime at most for the
+# default model; a call arriving meanwhile waits that long, then takes the queued path).
 INLINE_TOKENIZE_CHARS = 2048
-# The lone-request fast path computes on the event loop only requests this small (a batch of one
-# of ~200 tokens at most: about a millisecond of onnxruntime for the default model), so a call
-# arriving meanwhile waits at most that long before it takes the queued path.
-INLINE_COMPUTE_CHARS = 1024
 
 
 class TokenizerPool:
@@ -275,7 +273,7 @@ class DynamicBatcher(_Base):
         chars = 0
         for text in texts:
             chars += len(text)
-            if chars > INLINE_COMPUTE_CHARS:
+            if chars > INLINE_TOKENIZE_CHARS:
                 return False
         return True
 
