@@ -6,23 +6,19 @@ checked, only that every cell was measured and carries what docs/benchmarks.md r
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.bench_texts import write_texts_jsonl
 from tests.support.onnx_bundle import make_onnx_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = "the bank market rates striker team phone chip final shares rose fell goal scored software".split()
 
 
 def test_request_path_benchmark_reports_cpu_per_call_for_every_cell(tmp_path: Path) -> None:
     make_onnx_bundle(tmp_path / "models", name="news", version=1)
-    rng = random.Random(0)
-    texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(60))}) + "\n"
-                             for _ in range(20)), encoding="utf-8")
+    texts = write_texts_jsonl(tmp_path / "texts.jsonl", count=20, words_per_text=60)
     output = tmp_path / "request_path.json"
     run = subprocess.run(
         [sys.executable, "bench/bench_request_path.py", "--repository", str(tmp_path / "models"),
