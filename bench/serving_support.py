@@ -204,8 +204,8 @@ def start_server(repository: Path, *, batching: bool, threads: int, extra_args: 
     """Start ``python -m service`` (with exactly ``env``) on free loopback ports; wait until SERVING."""
     port, metrics_port = free_port(), free_port()
     command = server_command(repository, port, metrics_port, batching, threads, extra_args)
-    return _launch(command, port, f"http://127.0.0.1:{metrics_port}/metrics",
-                   log_dir / f"server-{'batching' if batching else 'nobatch'}-{port}.log", env)
+    return launch(command, port, f"http://127.0.0.1:{metrics_port}/metrics",
+                  log_dir / f"server-{'batching' if batching else 'nobatch'}-{port}.log", env)
 
 
 class DiscardingCollector:
@@ -239,13 +239,15 @@ def start_floor_server(kind: str, log_dir: Path) -> ServerProcess:
     """Start ``bench/grpc_floor_server.py`` (the textclf.v1 API with no model) on a free port."""
     port = free_port()
     command = [sys.executable, str(ROOT / "bench" / "grpc_floor_server.py"), "--port", str(port), "--kind", kind]
-    return _launch(command, port, None, log_dir / f"floor-{kind}-{port}.log", None)
+    return launch(command, port, None, log_dir / f"floor-{kind}-{port}.log", None)
 
 
-def _launch(command: list[str], port: int, metrics_url: str | None, log_path: Path,
-            env: dict[str, str] | None) -> ServerProcess:
+def launch(command: list[str], port: int, metrics_url: str | None, log_path: Path,
+           env: dict[str, str] | None, cwd: Path = ROOT) -> ServerProcess:
+    """Run ``command`` in ``cwd`` (a source tree: ``python -m service`` imports from there) and
+    wait until it serves on ``port``."""
     with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
     server = ServerProcess(process, f"127.0.0.1:{port}", metrics_url, log_path, command)
     try:
         wait_serving(server, SERVER_START_TIMEOUT_S)

@@ -70,6 +70,9 @@ class EncodedBatch:
 
 def pad(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Ragged id rows -> (input_ids (B, T) right-padded with PAD_ID, lengths (B,)), T = longest row."""
+    if len(rows) == 1:  # a lone request's batch: nothing to pad (the common case at low load)
+        row = np.ascontiguousarray(rows[0], dtype=np.int64)
+        return row.reshape(1, -1), np.array([row.shape[0]], dtype=np.int64)
     lengths = np.fromiter((r.shape[0] for r in rows), dtype=np.int64, count=len(rows))
     input_ids = np.full((len(rows), int(lengths.max())), PAD_ID, dtype=np.int64)
     for i, row in enumerate(rows):

@@ -1,6 +1,6 @@
 """PyTorch model -> single-file ONNX (dynamo exporter), with guards against the silent pitfalls.
 
-Pitfalls guarded here (measured, see /work/shared/notes/export-findings.md and docs/export.md):
+Pitfalls guarded here (measured, see docs/export.md):
 1. a second dynamo export in one process can freeze ``seq`` through a stale dispatch cache:
    the caches of the recurrent ops are cleared before every export, and every exported model
    is checked to have named (dim_param) input dims;

@@ -28,6 +28,7 @@ import onnxruntime as ort
 import torch
 
 from bundle.card import INPUT_IDS, INPUT_LENGTHS
+from bundle.inference import CPU_PROVIDER, CUDA_PROVIDER, softmax
 from bundle.tokenization import UNK_ID, TextEncoder
 from training.checkpoint import LoadedCheckpoint
 
@@ -151,12 +152,6 @@ def edge_case_problems(encoder: TextEncoder, cases: dict[str, str]) -> list[str]
     return problems
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def torch_logits(checkpoint: LoadedCheckpoint, texts: list[str], batch_size: int = REFERENCE_BATCH) -> np.ndarray:
     """Reference logits from the eager (packed) PyTorch model."""
     outputs = []
@@ -186,13 +181,13 @@ def random_batches(n: int, rng: np.random.Generator, max_size: int = MAX_RANDOM_
 
 def available_providers() -> list[str]:
     available = ort.get_available_providers()
-    return [p for p in ("CPUExecutionProvider", "CUDAExecutionProvider") if p in available]
+    return [p for p in (CPU_PROVIDER, CUDA_PROVIDER) if p in available]
 
 
 def make_session(model_path: str | Path, provider: str) -> ort.InferenceSession:
     """A session that really runs on ``provider``; raises ProviderFallback when onnxruntime
     quietly built it on another one (e.g. CUDA asked, library or driver missing, CPU given)."""
-    providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    providers = [provider] if provider == CPU_PROVIDER else [provider, CPU_PROVIDER]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*not in available provider names.*")
         session = ort.InferenceSession(str(model_path), providers=providers)

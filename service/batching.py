@@ -24,7 +24,15 @@ scheduler task that forms batches:
   ``length_bucket_ratio`` (lengths under ``SHORT_FLOOR`` count as ``SHORT_FLOOR``), so short texts
   do not pay for long texts' padding;
 * texts whose request passed its deadline or was cancelled by the client are dropped right before
-  compute and counted in ``textclf_dropped_texts``.
+  compute and counted in ``textclf_dropped_texts``;
+* the lone-request fast path: with ``max_queue_delay`` 0, a small request (at most
+  ``INLINE_TOKENIZE_CHARS`` characters) submitted ``alone`` (the only RPC the server has open,
+  ``InferenceCore``) while nothing of its version is queued, being tokenized or computing is
+  admitted, tokenized and computed right there on the event loop as a batch of its own: no
+  scheduler task wake-up, no thread hand-off (docs/benchmarks.md "The request path"). Admission,
+  the deadline check before compute and the metrics are the same as on the queued path. Under
+  concurrency requests take the queued path, so the event loop keeps serving calls while the
+  inference pool computes.
 
 ``DirectScheduler`` (batching off) runs every request alone (its own texts form one batch), with
 the same admission bounds (its texts are tokenized in the job, so they count ``max_len`` tokens
@@ -55,8 +63,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SHORT_FLOOR = 8
-# Requests with at most this many characters are tokenized on the event loop (tens of
-# microseconds); bigger ones go to the tokenizer pool so the loop never stalls.
+# Requests with at most this many characters are tokenized on the event loop (tens to hundreds of
+# microseconds); bigger ones go to the tokenizer pool so the loop never stalls. The lone-request
+# fast path computes only such requests on the loop (a few ms of onnxruntime at most for the
+# default model; a call arriving meanwhile waits that long, then takes the queued path).
 INLINE_TOKENIZE_CHARS = 2048
 # Requests costing over 1/SMALL_SHARE of max_queue_tokens are "large": they may fill only
 # LARGE_FILL of it; the rest is kept for small requests (a legitimate single text among hostile
@@ -100,7 +110,7 @@ class SchedulerClosed(Unavailable):
 class Scheduler(Protocol):
     def start(self) -> None: ...
     async def submit(self, texts: Sequence[str], deadline: float | None, tokenizer_pool: TokenizerPool,
-                     stages: StageTimes | None = None) -> tuple[np.ndarray, list[EncodedText]]: ...
+                     stages: StageTimes | None = None, alone: bool = False) -> tuple[np.ndarray, list[EncodedText]]: ...
     async def close(self) -> None: ...
     @property
     def queue_depth(self) -> int: ...
@@ -168,6 +178,11 @@ class _Base:
         self.max_queue_tokens = max_queue_tokens
         self._closed = False
         self._tokenizing = 0  # texts admitted and not yet queued (being tokenized)
+        # this version's metric children, looked up once (a labels() look-up per call costs a lock)
+        self._queue_seconds = metrics.queue_seconds.labels(model, self.version)
+        self._batch_size = metrics.batch_size.labels(model, self.version)
+        self._inference_seconds = metrics.inference_seconds.labels(model, self.version)
+        self._queue_depth = metrics.queue_depth.labels(model, self.version)
         self._tokens = 0  # tokens admitted and not yet computed (max_len a text while it is tokenized)
 
     @property
@@ -251,9 +266,13 @@ class _Base:
         results = np.empty((count, self.runtime.num_labels), dtype=np.float32)
         return _Request(future=future, results=results, deadline=deadline, remaining=count)
 
+    def _observe_queued(self, seconds: float, texts: int = 1) -> None:
+        for _ in range(texts):
+            self._queue_seconds.observe(seconds)
+
     def _observe_batch(self, size: int, seconds: float) -> None:
-        self.metrics.batch_size.labels(self.model, self.version).observe(size)
-        self.metrics.inference_seconds.labels(self.model, self.version).observe(seconds)
+        self._batch_size.observe(size)
+        self._inference_seconds.observe(seconds)
 
 
 class DynamicBatcher(_Base):
@@ -268,6 +287,7 @@ class DynamicBatcher(_Base):
         self._pending: list[_Item] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._computing = False  # a batch is in the inference pool
 
     @property
     def queue_depth(self) -> int:
@@ -277,7 +297,9 @@ class DynamicBatcher(_Base):
         self._task = asyncio.get_running_loop().create_task(self._run_forever(), name=f"batcher-{self.model}")
 
     async def submit(self, texts: Sequence[str], deadline: float | None, tokenizer_pool: TokenizerPool,
-                     stages: StageTimes | None = None) -> tuple[np.ndarray, list[EncodedText]]:
+                     stages: StageTimes | None = None, alone: bool = False) -> tuple[np.ndarray, list[EncodedText]]:
+        if alone and stages is None and self._idle_for(texts):  # traced requests take the queued path (its stages)
+            return self._run_alone(texts, deadline)
         if stages is None:
             encoded = await self._admit_and_tokenize(texts, len(self._pending), tokenizer_pool)
         else:  # TRACING HOOK: admission and tokenization timed
@@ -302,6 +324,38 @@ class DynamicBatcher(_Base):
             self._wakeup.set()  # let the scheduler free the queue slots now
             raise
 
+    def _idle_for(self, texts: Sequence[str]) -> bool:
+        """The fast path's condition: greedy batching, nothing of this version waiting, being
+        tokenized or computing, and a request small enough to compute on the event loop."""
+        if self.max_queue_delay > 0 or self._pending or self._computing or self._tokenizing:
+            return False
+        chars = 0
+        for text in texts:
+            chars += len(text)
+            if chars > INLINE_TOKENIZE_CHARS:
+                return False
+        return True
+
+    def _run_alone(self, texts: Sequence[str], deadline: float | None) -> tuple[np.ndarray, list[EncodedText]]:
+        """Admit, tokenize and compute ``texts`` now, on the event loop, as one batch (no await:
+        nothing can join, cancel or close the version in between)."""
+        count = len(texts)
+        self._admit(0, count)
+        encoded = self.runtime.encode(texts)
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            self._drop(count, "deadline")
+            raise _deadline_error()
+        self._observe_queued(0.0, count)
+        start = time.perf_counter()
+        try:
+            probabilities = self.runtime.run([t.ids for t in encoded])
+        except Exception:
+            logger.exception("inference failed for model %s version %s (batch of %d)", self.model, self.version, count)
+            raise Internal() from None
+        self._observe_batch(count, time.perf_counter() - start)
+        return probabilities, encoded
+
     def _tokenizing_done(self) -> None:
         if self._closed:
             self._wakeup.set()
@@ -319,7 +373,7 @@ class DynamicBatcher(_Base):
         self._tokens -= sum(item.bucket_length for item in items)
 
     def _set_depth(self) -> None:
-        self.metrics.queue_depth.labels(self.model, self.version).set(len(self._pending))
+        self._queue_depth.set(len(self._pending))
 
     async def _run_forever(self) -> None:
         while True:
@@ -401,9 +455,8 @@ class DynamicBatcher(_Base):
         self._pending = rest
         self._dequeued(batch)
         self._set_depth()
-        queue_hist = self.metrics.queue_seconds.labels(self.model, self.version)
         for item in batch:
-            queue_hist.observe(now - item.request.enqueued)
+            self._observe_queued(now - item.request.enqueued)
             if item.request.stages is not None and item.request.stages.dequeued is None:  # TRACING HOOK
                 item.request.stages.dequeued = now
         return batch
@@ -411,6 +464,7 @@ class DynamicBatcher(_Base):
     async def _compute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
+        self._computing = True
         try:
             probabilities = await loop.run_in_executor(self.executor, self.runtime.run, [i.ids for i in batch])
         except Exception:
@@ -419,6 +473,8 @@ class DynamicBatcher(_Base):
             for item in batch:
                 item.request.fail(Internal())
             return
+        finally:
+            self._computing = False
         seconds = time.perf_counter() - start
         self._observe_batch(len(batch), seconds)
         end = None
@@ -448,7 +504,7 @@ class DirectScheduler(_Base):
         pass
 
     async def submit(self, texts: Sequence[str], deadline: float | None, tokenizer_pool: TokenizerPool,
-                     stages: StageTimes | None = None) -> tuple[np.ndarray, list[EncodedText]]:
+                     stages: StageTimes | None = None, alone: bool = False) -> tuple[np.ndarray, list[EncodedText]]:
         """Admitted, then tokenized and computed in one job on the inference pool (a request runs
         alone, so tokenizing it elsewhere would only add a thread hand-off)."""
         self._admit(self._in_flight, len(texts))
@@ -466,7 +522,7 @@ class DirectScheduler(_Base):
                 if phase[0] == "cancelled":
                     return None
                 phase[0] = "expired" if deadline is not None and started >= deadline else "running"
-            self.metrics.queue_seconds.labels(self.model, self.version).observe(started - enqueued)
+            self._observe_queued(started - enqueued)
             if phase[0] == "expired":
                 self._drop(len(texts), "deadline")
                 return None
@@ -509,7 +565,7 @@ class DirectScheduler(_Base):
     def _track(self, delta: int, tokens: int) -> None:
         self._in_flight += delta
         self._tokens += tokens
-        self.metrics.queue_depth.labels(self.model, self.version).set(self._in_flight)
+        self._queue_depth.set(self._in_flight)
         if self._in_flight == 0:
             self._idle.set()
         else:

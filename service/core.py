@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from bundle.tokenization import EncodedText
 from service.auth import ControlAuth
@@ -37,6 +38,8 @@ class InferenceCore:
         self._draining = False
         self.drain_started = asyncio.Event()  # open streams stop reading and end when it is set
         self._calls_in_flight = 0
+        self._open_rpcs = 0  # RPCs from their handler's start until grpc ended them (answer sent)
+        self._text_metrics: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         self._control = ControlAuth(settings.read_control_token())  # SettingsError: unreadable token file
@@ -69,13 +72,36 @@ class InferenceCore:
     def calls_in_flight(self) -> int:
         return self._calls_in_flight
 
-    def call_started(self) -> None:
-        """Called by the API boundary for every RPC it handles (see ``wait_idle``)."""
+    def call_started(self, context: Any = None, *, stream: bool = False) -> None:
+        """Called by the API boundary for every RPC it handles (see ``wait_idle``). ``context``
+        (the call's ``grpc.aio.ServicerContext``) tells when the RPC has ended, its answer sent:
+        until then it counts as open (``alone``). A front end without such a callback (REST)
+        passes none: its call counts as open until ``call_finished(close=True)``."""
         self._calls_in_flight += 1
         self.metrics.calls_in_flight.inc()
         self._idle.clear()
+        self._open_rpcs += 2 if stream else 1  # a stream carries many requests: never alone
+        if context is not None:
+            context.add_done_callback(self._rpc_closed_stream if stream else self._rpc_closed)
 
-    def call_finished(self) -> None:
+    def _rpc_closed(self, _context: Any) -> None:
+        self._open_rpcs -= 1
+
+    def _rpc_closed_stream(self, _context: Any) -> None:
+        self._open_rpcs -= 2
+
+    @property
+    def alone(self) -> bool:
+        """Exactly one RPC is open (the caller's own, registered by ``call_started``): the
+        lone-request fast path may run it (service/batching.py). A front end that does not
+        register its calls never counts as alone. A heuristic for speed only: every path gives
+        the same answers."""
+        return self._open_rpcs == 1
+
+    def call_finished(self, *, close: bool = False) -> None:
+        """``close``: the call was registered without a context (see ``call_started``)."""
+        if close:
+            self._open_rpcs -= 1
         self._calls_in_flight -= 1
         self.metrics.calls_in_flight.dec()
         if self._calls_in_flight == 0:
@@ -165,7 +191,7 @@ class InferenceCore:
             for attempt in range(3):
                 try:
                     probabilities, encoded = await model.scheduler.submit(request.texts, request.deadline,
-                                                                          self.tokenizer_pool, stages)
+                                                                          self.tokenizer_pool, stages, self.alone)
                     break
                 except SchedulerClosed:
                     if attempt == 2:
@@ -188,9 +214,15 @@ class InferenceCore:
                               truncated=[t.truncated for t in encoded])
 
     def _count(self, model: LoadedModel, encoded: list[EncodedText]) -> None:
-        version = str(model.version)
-        self.metrics.texts.labels(model.name, version).inc(len(encoded))
-        self.metrics.tokens.labels(model.name, version).inc(sum(t.length for t in encoded))
+        children = self._text_metrics.get((model.name, model.version))
+        if children is None:  # looked up once per version (bounded: versions that answered)
+            version = str(model.version)
+            children = self._text_metrics[(model.name, model.version)] = (
+                self.metrics.texts.labels(model.name, version), self.metrics.tokens.labels(model.name, version),
+                self.metrics.truncations.labels(model.name, version))
+        texts, tokens, truncations = children
+        texts.inc(len(encoded))
+        tokens.inc(sum(t.length for t in encoded))
         truncated = sum(t.truncated for t in encoded)
         if truncated:
-            self.metrics.truncations.labels(model.name, version).inc(truncated)
+            truncations.inc(truncated)

@@ -1,5 +1,5 @@
 """Service errors: each carries the gRPC status code it maps to at the one API boundary
-(service/api/common.py). Messages are shown to clients, so they must be clear and must never
+(service/api/boundary.py). Messages are shown to clients, so they must be clear and must never
 contain request texts; ``Internal`` always shows a generic message."""
 from __future__ import annotations
 

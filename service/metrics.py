@@ -185,15 +185,23 @@ class ServiceMetrics:
         if self.worker_index is not None:  # a worker of the multi-worker supervisor
             self.worker_requests = Counter("textclf_worker_requests", "gRPC requests answered by each worker process",
                                            ["worker"], registry=r)
+        self._request_children: dict[tuple[str, str, str, str], tuple] = {}
         self._http: MetricsHTTPServer | None = None
         self._http_thread: threading.Thread | None = None
 
     # -- request metric (recorded at the API boundary) --------------------------------------
     def observe_request(self, api: str, model: str, version: str, code: str, seconds: float) -> None:
-        self.requests.labels(api, model or "", version or "", code).inc()
-        self.request_seconds.labels(api, model or "").observe(seconds)
-        if self.worker_requests is not None:
-            self.worker_requests.labels(self.worker_index).inc()
+        key = (api, model or "", version or "", code)
+        children = self._request_children.get(key)
+        if children is None:  # one labels() look-up per label set, not per call (bounded like the series)
+            children = self._request_children[key] = (
+                self.requests.labels(*key), self.request_seconds.labels(api, key[1]),
+                None if self.worker_requests is None else self.worker_requests.labels(self.worker_index))
+        requests, request_seconds, worker_requests = children
+        requests.inc()
+        request_seconds.observe(seconds)
+        if worker_requests is not None:
+            worker_requests.inc()
 
     def request_counts(self) -> dict[str, dict[str, int]]:
         """``textclf_requests_total`` summed over model and version: {api: {code: count}} (this process)."""

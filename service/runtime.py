@@ -13,11 +13,12 @@ import numpy as np
 import onnxruntime as ort
 
 from bundle.card import INPUT_IDS, INPUT_LENGTHS, MODEL_FILE, OUTPUT_LOGITS, TOKENIZER_FILE, ModelCard
+from bundle.inference import CPU_PROVIDER, CUDA_PROVIDER, softmax
 from bundle.tokenization import EncodedText, TextEncoder, pad
 
 logger = logging.getLogger(__name__)
 
-CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+CPU, CUDA = CPU_PROVIDER, CUDA_PROVIDER
 _warned_no_cuda = False
 
 
@@ -43,14 +44,6 @@ def resolve_providers(choice: str) -> list[str]:
         logger.warning("providers=auto: %s not available in onnxruntime, running on CPU", CUDA)
         _warned_no_cuda = True
     return [CPU]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32."""
-    logits = logits.astype(np.float32, copy=False)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted, dtype=np.float32)
-    return exp / exp.sum(axis=1, keepdims=True, dtype=np.float32)
 
 
 class ModelRuntime:

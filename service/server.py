@@ -3,17 +3,13 @@
 ``create_app(settings)`` returns an ``App`` (everything built, models loaded, port bound, not
 started).
 
-Servicers are added by registrars ``(server, core) -> full service name``: textclf.v1 always,
-``service.api.kserve.register`` when that module exists, and anything appended to
-``SERVICE_REGISTRARS`` (the hook for further APIs). Every registered name is listed by
-reflection.
+Servicers are added by registrars ``(server, core) -> full service name`` (``REGISTRARS``: the
+textclf.v1 and KServe v2 APIs). Every registered name is listed by reflection.
 """
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
-import importlib.util
 import logging
 import ssl
 import time
@@ -24,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from service.api import textclf_v1
+from service.api import kserve, textclf_v1
 from service.api.descriptors import reflection_pool
 from service.core import InferenceCore
 from service.metrics import ServiceMetrics
@@ -36,23 +32,14 @@ from service.tracing import build as build_tracer
 logger = logging.getLogger(__name__)
 
 Registrar = Callable[[grpc.aio.Server, InferenceCore], str]
-SERVICE_REGISTRARS: list[Registrar] = []
-OPTIONAL_API_MODULES = ("service.api.kserve",)
+REGISTRARS: tuple[Registrar, ...] = (textclf_v1.register, kserve.register)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _registrars() -> list[Registrar]:
-    registrars: list[Registrar] = [textclf_v1.register]
-    for module_name in OPTIONAL_API_MODULES:
-        if importlib.util.find_spec(module_name) is not None:
-            registrars.append(importlib.import_module(module_name).register)
-    return registrars + list(SERVICE_REGISTRARS)
-
-
 def register_servicers(server: grpc.aio.Server, core: InferenceCore) -> list[str]:
     """Add every API servicer to ``server``; returns their full service names."""
-    return [register(server, core) for register in _registrars()]
+    return [register(server, core) for register in REGISTRARS]
 
 
 def _read_tls_file(name: str, path: str) -> bytes:

@@ -7,25 +7,21 @@ report carries the ratios, goals and floor bounds docs/benchmarks.md relies on.
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.bench_texts import write_texts_jsonl
 from tests.support.onnx_bundle import make_onnx_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = "the bank market rates striker team phone chip final shares rose fell goal scored software".split()
 
 
 def test_quick_benchmark_run_reports_cells_ratios_and_floor(tmp_path: Path) -> None:
     make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=512)
-    rng = random.Random(0)
-    texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(400))}) + "\n"
-                             for _ in range(20)), encoding="utf-8")
+    texts = write_texts_jsonl(tmp_path / "texts.jsonl", count=20, words_per_text=400)
     output = tmp_path / "serving.json"
     run = subprocess.run(
         [sys.executable, "bench/bench_serving.py", "--quick", "--repository", str(tmp_path / "models"),

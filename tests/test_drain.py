@@ -24,7 +24,7 @@ import pytest
 import tritonclient.grpc as triton
 
 from client.client import TextclfClient, classify_request
-from service.api.common import STREAM_DRAINED
+from service.api.boundary import STREAM_DRAINED
 from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
                                     start_server, wait_until)
 from tests.support.service_process import ServiceProcess

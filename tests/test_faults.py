@@ -249,6 +249,8 @@ def test_hot_reload_by_polling_under_traffic_on_both_apis(repo_path, start_serve
     for thread in threads:
         thread.start()
     try:
+        wait_until(lambda: all(1 in s for s in seen) or bool(errors), timeout=20,
+                   what="every thread answered by version 1 before the first publish")
         for version in (2, 3):
             make_onnx_bundle(repo_path, name="news", version=version, seed=version)  # atomic publish
             server.wait_event(lambda e, v=version: e.kind == "loaded" and e.version == v)

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from service.api import kserve_codec, textclf_codec
-from service.api.common import UndecodableRequest, lenient_deserializer
+from service.api.boundary import UndecodableRequest, lenient_deserializer
 from service.core import InferenceCore
 from service.errors import InvalidArgument
 from service.settings import Settings

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from bundle.tokenization import PAD_ID, UNK_ID, TextEncoder
+from bundle.tokenization import PAD_ID, UNK_ID, TextEncoder, pad
 from training.tokenizer import train_tokenizer
 
 CORPUS = [
@@ -168,3 +168,14 @@ def test_long_text_needs_at_most_two_rounds_when_words_are_ordinary() -> None:
     [encoded] = encoder.encode([text])
     assert len(encoder.calls) == 2
     assert encoded.truncated and encoded.ids.tolist() == encoder.token_ids([text])[0][:64]
+
+
+def test_pad_of_one_row_matches_the_general_padding() -> None:
+    """``pad`` takes a shortcut for a batch of one (the lone-request path): same ids, same lengths,
+    int64 and C-contiguous as onnxruntime needs, also for a non-int64 or non-contiguous row."""
+    for row in (np.array([5, 3, 9], dtype=np.int64), np.array([1], dtype=np.int32), np.arange(10)[::2]):
+        ids, lengths = pad([row])
+        general_ids, general_lengths = pad([row, row])
+        np.testing.assert_array_equal(ids, general_ids[:1])
+        np.testing.assert_array_equal(lengths, general_lengths[:1])
+        assert ids.dtype == np.int64 and lengths.dtype == np.int64 and ids.flags["C_CONTIGUOUS"]

@@ -15,7 +15,6 @@ export, parity and the benchmarks evaluate on exactly the same test set.
 from __future__ import annotations
 
 import csv
-import hashlib
 import importlib.util
 import io
 import json
@@ -25,6 +24,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from bundle.store import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -270,14 +271,6 @@ def stratified_split(
 
 
 # ---------------------------------------------------------------- manifest
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def prepare_split(

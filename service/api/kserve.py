@@ -2,7 +2,7 @@
 
 Thin: proto -> ``InferenceCore`` -> proto. Tensor decoding and encoding live in
 ``service/api/kserve_codec.py``; errors go through the shared boundary in
-``service/api/common.py``. See docs/kserve.md for how clients call it.
+``service/api/boundary.py``. See docs/kserve.md for how clients call it.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from service.api import kserve_codec as codec
-from service.api.common import CallInfo, add_servicer, answer_in_stream, deadline_of, stream, unary
+from service.api.boundary import CallInfo, add_servicer, answer_in_stream, deadline_of, stream, unary
 from service.api.streams import ordered_concurrently
 from service.api.kserve_config import PLATFORM, model_config
 from service.api.kserve_stats import statistics_message
@@ -123,18 +123,18 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request order. A failed request yields a response with ``error_message`` (and its ``id``
         in ``infer_response``), as Triton does; the stream goes on."""
         deadline = deadline_of(context)
-        async for response in ordered_concurrently(requests, lambda request: self._stream_one(request, deadline),
-                                                   max(1, self.core.settings.stream_max_in_flight)):
+        async for response in ordered_concurrently(requests, lambda message: self._stream_one(message, deadline),
+                                                   self.core.settings.stream_max_in_flight):
             yield response
 
-    async def _stream_one(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelStreamInferResponse:
+    async def _stream_one(self, message: pb.ModelInferRequest, deadline: float | None) -> pb.ModelStreamInferResponse:
         async def infer(call: CallInfo) -> pb.ModelStreamInferResponse:
-            return pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline, call))
+            return pb.ModelStreamInferResponse(infer_response=await self._infer(message, deadline, call))
 
         return await answer_in_stream(
             self.core.metrics, f"{API}.ModelStreamInfer.message", infer,
-            lambda code, message: pb.ModelStreamInferResponse(error_message=message,
-                                                              infer_response=pb.ModelInferResponse(id=request.id)),
+            lambda code, text: pb.ModelStreamInferResponse(error_message=text,
+                                                           infer_response=pb.ModelInferResponse(id=message.id)),
             tracer=self.core.tracer)
 
     @unary(f"{API}.ModelStatistics")

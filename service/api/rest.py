@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from service.api import kserve_codec as codec
-from service.api.common import CallInfo, record, status_of
+from service.api.boundary import CallInfo, record, status_of
 from service.api.http11 import HTTPServer, Request, Response, json_error
 from service.api.kserve import EXTENSIONS, SERVER_NAME, server_version
 from service.api.kserve_config import PLATFORM
@@ -267,7 +267,7 @@ class RestAPI:
             else:
                 response = json_error(HTTP_STATUS.get(code, 500), message)
         finally:
-            self.core.call_finished()
+            self.core.call_finished(close=True)
         record(self.core.metrics, call, code, time.perf_counter() - start)
         if traced is not None:
             tracer.end(traced, call.model, call.version, code.name, message, http_status=response.status)

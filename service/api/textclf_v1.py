@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from service.api import textclf_codec as codec
-from service.api.common import CallInfo, add_servicer, answer_in_stream, deadline_of, stream, unary
+from service.api.boundary import CallInfo, add_servicer, answer_in_stream, deadline_of, stream, unary
 from service.api.streams import ordered_concurrently
 from service.core import InferenceCore
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
@@ -37,23 +37,19 @@ class TextClassifierServicer(pb_grpc.TextClassifierServicer):
     @stream(f"{API}.ClassifyStream")
     async def ClassifyStream(self, requests: AsyncIterator[pb.ClassifyStreamRequest],
                              context: grpc.aio.ServicerContext, call: CallInfo) -> AsyncIterator[pb.ClassifyStreamResponse]:
-        async for response in ordered_concurrently(requests, self._stream_one(deadline_of(context)),
+        deadline = deadline_of(context)
+        async for response in ordered_concurrently(requests, lambda message: self._stream_one(message, deadline),
                                                    self.core.settings.stream_max_in_flight):
             yield response
 
-    def _stream_one(self, deadline: float | None):
-        async def handle(message: pb.ClassifyStreamRequest) -> pb.ClassifyStreamResponse:
-            async def classify(call: CallInfo) -> pb.ClassifyStreamResponse:
-                return pb.ClassifyStreamResponse(id=message.id,
-                                                 response=await self._classify(message.request, deadline, call))
+    async def _stream_one(self, message: pb.ClassifyStreamRequest, deadline: float | None) -> pb.ClassifyStreamResponse:
+        async def classify(call: CallInfo) -> pb.ClassifyStreamResponse:
+            return pb.ClassifyStreamResponse(id=message.id, response=await self._classify(message.request, deadline, call))
 
-            return await answer_in_stream(
-                self.core.metrics, f"{API}.ClassifyStream.message", classify,
-                lambda code, text: pb.ClassifyStreamResponse(id=message.id,
-                                                             error=pb.Error(code=code.value[0], message=text)),
-                tracer=self.core.tracer)
-
-        return handle
+        return await answer_in_stream(
+            self.core.metrics, f"{API}.ClassifyStream.message", classify,
+            lambda code, text: pb.ClassifyStreamResponse(id=message.id, error=pb.Error(code=code.value[0], message=text)),
+            tracer=self.core.tracer)
 
     @unary(f"{API}.ListModels")
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext,

@@ -1,7 +1,9 @@
 """Dynamic batching through the server: invariance, deadlines, cancellation, a full queue, off."""
 from __future__ import annotations
 
+import queue
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from client.client import TextclfClient, classify_request
-from tests.service.conftest import TEXTS, metric, scrape, wait_until
+from tests.service.conftest import SHORT, TEXTS, metric, scrape, wait_until
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
 V2 = {"model": "news", "version": "2"}
@@ -112,3 +114,55 @@ def test_batching_off_deadline_and_full_queue(start_server, bundles) -> None:
             client.classify(["a", "b", "c"], "news")
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert client.classify(["a", "b"], "news").version == 2
+
+
+def test_lone_request_is_computed_at_once_without_the_inference_pool(start_server, bundles) -> None:
+    """The lone-request fast path: with greedy batching, the only open RPC is admitted, tokenized
+    and computed on the event loop. Proven with the inference pool's one thread held: the lone
+    request is still answered (exactly as the model answers it) and counted as a batch of one; the
+    admission bound holds on this path too."""
+    server = start_server(max_queue_size=2, max_queue_delay_ms=0.0)
+    held, release = threading.Event(), threading.Event()
+    server.app.executor.submit(lambda: (held.set(), release.wait(30)))
+    try:
+        assert held.wait(10)
+        with TextclfClient(server.address, retry=False) as client:
+            with pytest.raises(grpc.RpcError) as failed:  # an aborted call ends too: it leaves no open RPC behind
+                client.classify(TEXTS[:1], "no-such-model", timeout=10)
+            assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+            result = client.classify(TEXTS[:2], "news", top_k=3, timeout=10)
+            np.testing.assert_allclose(probabilities_of(result, bundles[2].labels),
+                                       bundles[2].expected_probabilities(TEXTS[:2]), atol=1e-5, rtol=0)
+            with pytest.raises(grpc.RpcError) as info:
+                client.classify(["a", "b", "c"], "news", timeout=10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        release.set()
+    samples = scrape(server.metrics_url)
+    assert metric(samples, "textclf_batch_size_count", **V2) == 1
+    assert metric(samples, "textclf_batch_size_sum", **V2) == 2
+
+
+def test_a_request_with_company_is_batched_not_run_on_the_event_loop(start_server, bundles) -> None:
+    """While another RPC is open (here a ClassifyStream), a request takes the queued path: with the
+    inference pool's thread held it waits in the queue, and is answered once the pool is free."""
+    server = start_server(max_queue_delay_ms=0.0)
+    held, release = threading.Event(), threading.Event()
+    server.app.executor.submit(lambda: (held.set(), release.wait(30)))
+    assert held.wait(10)
+    outbox: queue.Queue = queue.Queue()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TextClassifierStub(channel)
+        stream = stub.ClassifyStream(iter(outbox.get, None), timeout=30)
+        try:
+            wait_until(lambda: metric(scrape(server.metrics_url), "textclf_calls_in_flight") == 1, what="open stream")
+            answer = stub.Classify.future(classify_request([SHORT], "news"), timeout=30)
+            wait_until(lambda: metric(scrape(server.metrics_url), "textclf_queue_duration_seconds_count", **V2) == 1,
+                       what="the text taken into a batch")
+            assert metric(scrape(server.metrics_url), "textclf_batch_size_count", **V2) == 0, "computed on the loop"
+            assert not answer.done()
+        finally:
+            release.set()
+        assert answer.result(10).predictions[0].label in bundles[2].labels
+        outbox.put(None)
+        list(stream)

@@ -12,7 +12,7 @@ from bundle.card import MODEL_FILE, ModelCard
 from bundle.store import sha256_file, write_card
 from client.client import TextclfClient
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
-from tests.service.conftest import metric, scrape
+from tests.service.conftest import metric, scrape, wait_until
 from tests.support.onnx_bundle import make_onnx_bundle
 
 CONTROL = {"repository_control": True, "control_token": "reload-tests-control-token"}
@@ -34,6 +34,7 @@ def test_hot_reload_under_concurrent_traffic_loses_nothing(repo_path, start_serv
     with ThreadPoolExecutor(6) as pool:
         workers = [pool.submit(hammer, server.address, stop, seen, errors) for _ in range(6)]
         try:
+            wait_until(lambda: 1 in seen or bool(errors), what="traffic on version 1 before the first swap")
             for version in (2, 3):
                 make_onnx_bundle(repo_path, name="news", version=version, seed=version)
                 calls_before = len(seen)

@@ -12,6 +12,9 @@ metric ``textclf_requests_total{api, model, version, code}`` is labelled correct
 
 ``status_of(exc)`` gives the same mapping for errors reported inside a stream message.
 
+The boundary also tells the core when each call starts and ends (``InferenceCore.call_started``:
+calls in flight for the drain, open RPCs for the lone-request fast path).
+
 Servicers are registered through ``add_servicer`` so that request bytes which are not the
 method's message (invalid UTF-8 in a string field, garbage) reach the boundary as
 ``UndecodableRequest`` and are answered INVALID_ARGUMENT and counted, instead of grpc's own
@@ -258,7 +261,7 @@ def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitab
             start = time.perf_counter()
             tracer = self.core.tracer
             traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
-            self.core.call_started()
+            self.core.call_started(context)
             try:
                 if control:
                     self.core.authorize_control(authorization_values(context.invocation_metadata()))
@@ -299,7 +302,7 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
             start = time.perf_counter()
             tracer = self.core.tracer
             traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
-            self.core.call_started()
+            self.core.call_started(context, stream=True)
             try:
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
