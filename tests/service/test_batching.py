@@ -120,8 +120,9 @@ def test_lone_request_is_computed_at_once_without_the_inference_pool(start_serve
     """The lone-request fast path: with greedy batching, the only open RPC is admitted, tokenized
     and computed on the event loop. Proven with the inference pool's one thread held: the lone
     request is still answered (exactly as the model answers it) and counted as a batch of one; the
-    admission bound holds on this path too."""
-    server = start_server(max_queue_size=2, max_queue_delay_ms=0.0)
+    request limits hold on this path too (max_texts_per_request <= max_queue_size, so a lone request
+    on an idle version always fits the queue)."""
+    server = start_server(max_queue_size=2, max_texts_per_request=2, max_queue_delay_ms=0.0)
     held, release = threading.Event(), threading.Event()
     server.app.executor.submit(lambda: (held.set(), release.wait(30)))
     try:
@@ -135,7 +136,8 @@ def test_lone_request_is_computed_at_once_without_the_inference_pool(start_serve
                                        bundles[2].expected_probabilities(TEXTS[:2]), atol=1e-5, rtol=0)
             with pytest.raises(grpc.RpcError) as info:
                 client.classify(["a", "b", "c"], "news", timeout=10)
-            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "too many texts: 3 > 2" in info.value.details()
     finally:
         release.set()
     samples = scrape(server.metrics_url)
