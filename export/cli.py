@@ -17,7 +17,7 @@ from pathlib import Path
 from bundle.card import ModelCard, default_inputs, default_outputs
 from bundle.store import BundleError, publish_bundle, sha256_file, validate_model_name
 from export.onnx_export import OPSET, ExportError, check_onnx, export_onnx
-from export.optimize import optimize_onnx, quantize_int8
+from export.optimize import check_int8_pays, optimize_onnx, quantize_int8, quantized_parts
 from export.parity import format_table, load_test_split, run_parity
 from export.parity_cli import configure_logging
 from training.checkpoint import CheckpointError, load_checkpoint
@@ -57,6 +57,7 @@ def export_bundle(
     optimization: str = "basic",
     providers: list[str] | None = None,
     test_split: tuple[list[str], list[str]] | None = None,
+    force_int8: bool = False,
 ) -> Path:
     """Export, check, optimise, (quantise), run parity and publish; returns the bundle directory.
 
@@ -69,6 +70,9 @@ def export_bundle(
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     quantization = quantize or "none"
+    details: dict = {}
+    if quantization == "int8":
+        check_int8_pays(checkpoint.config.cell, force_int8)
     with tempfile.TemporaryDirectory(prefix="textclf-stage-") as tmp:
         stage = Path(tmp)
         logger.info("[1/6] exporting %s (dynamo, opset %d)", checkpoint_path, OPSET)
@@ -79,11 +83,11 @@ def export_bundle(
         final = optimize_onnx(raw, stage / "model.onnx", level=optimization)
         if quantization == "int8":
             logger.info("[4/6] dynamic INT8 quantisation")
-            histogram = quantize_int8(final, stage / "model.int8.onnx")
+            quantize_int8(final, stage / "model.int8.onnx")
+            details = quantized_parts(final, stage / "model.int8.onnx")
             final = stage / "model.int8.onnx"
-            if "LSTM" in histogram or "GRU" in histogram or "RNN" in histogram:
-                logger.warning("the %s layers stay float: onnxruntime has no dynamic INT8 kernel for them "
-                               "(only the head is quantised): %s", checkpoint.config.cell, histogram)
+            if details["partial"]:
+                logger.warning("PARTIAL INT8: %s stay float (integer: %s)", details["float"], details["integer"])
         elif quantization != "none":
             raise ValueError(f"unknown quantization {quantization!r} (use int8)")
         else:
@@ -110,6 +114,7 @@ def export_bundle(
             outputs=default_outputs(len(checkpoint.labels)),
             sha256={},
             quantization=quantization,
+            quantization_details=details,
             opset=OPSET,
             metrics=checkpoint.metrics,
             parity=report,
@@ -133,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="news")
     parser.add_argument("--version", type=int, help="default: the next free version")
     parser.add_argument("--quantize", choices=["int8"], help="dynamic INT8 quantisation")
+    parser.add_argument("--force-int8", action="store_true",
+                        help="publish INT8 even for a GRU/RNN (only embedding and head quantised; the card says so)")
     parser.add_argument("--optimization", choices=["basic", "extended"], default="basic")
     parser.add_argument("--providers", nargs="+", help="onnxruntime providers for parity (default: all)")
     return parser
@@ -143,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         target = export_bundle(args.checkpoint, args.repository, args.name, version=args.version,
-                               quantize=args.quantize, optimization=args.optimization, providers=args.providers)
+                               quantize=args.quantize, optimization=args.optimization, providers=args.providers,
+                               force_int8=args.force_int8)
     except ParityFailed as exc:
         print(f"textclf export: NOT published: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -47,14 +48,24 @@ def op_histogram(path_or_model: str | Path | onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
-def quantize_int8(src: str | Path, dst: str | Path, *, op_types: tuple[str, ...] = ("LSTM", "MatMul", "Gemm")) -> dict[str, int]:
+# Dynamic INT8 scales activations per batch, so the same text can score slightly differently
+# alone and inside a batch. Bound (max |delta probability| between a text scored alone and the
+# same text inside any batch), measured on the default LSTM bundle and a tiny fitted LSTM
+# (tests/test_int8.py::test_int8_batch_invariance_is_bounded; docs/export.md "INT8").
+INT8_BATCH_INVARIANCE_MAX_ABS_PROB = 0.02
+# What --quantize int8 asks onnxruntime for: embedding lookups (Gather, weights stored int8 and
+# dequantised after the lookup), LSTM layers (DynamicQuantizeLSTM) and the head (MatMulInteger).
+INT8_OP_TYPES = ("Gather", "LSTM", "MatMul", "Gemm")
+
+
+def quantize_int8(src: str | Path, dst: str | Path, *, op_types: tuple[str, ...] = INT8_OP_TYPES) -> dict[str, int]:
     """Dynamic INT8 quantisation; returns the op histogram of the result.
 
     Pre-steps a dynamo export needs (measured): drop value_info (else ShapeInferenceError in
     the quantiser) and fold constants with the onnxscript optimizer (else weights computed by
     Slice/Concat stay float). ONNX Runtime has an integer kernel for LSTM (DynamicQuantizeLSTM)
-    but none for GRU or RNN: those stay float and only the head (and embedding lookups, if
-    enabled) become integer. The caller reports that honestly.
+    but none for GRU or RNN: those stay float and only the embedding and head become integer;
+    ``quantized_parts`` says which, and the exporter refuses such a model unless forced.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -77,3 +88,48 @@ def quantize_int8(src: str | Path, dst: str | Path, *, op_types: tuple[str, ...]
     assert_named_dims(onnx.load(str(dst)))
     logger.info("quantised int8 %s -> %s: %s", src, dst, histogram)
     return histogram
+
+
+def quantized_parts(fp32_path: str | Path, int8_path: str | Path) -> dict[str, Any]:
+    """What a quantised file really runs in integer arithmetic, read from its graph.
+
+    ``integer``/``float``: the parts (``embedding``, the recurrent cell, ``head``) that were /
+    were not quantised; ``partial`` when anything stayed float; file sizes and their ratio.
+    Goes into the model card as ``quantization_details``.
+    """
+    model = onnx.load(str(int8_path))
+    int8_initializers = {init.name for init in model.graph.initializer
+                         if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    ops = Counter(node.op_type for node in model.graph.node)
+    integer, kept_float = [], []
+    embedding_int8 = any(node.op_type == "Gather" and node.input[0] in int8_initializers for node in model.graph.node)
+    (integer if embedding_int8 else kept_float).append("embedding")
+    if ops["DynamicQuantizeLSTM"]:
+        integer.append("lstm")
+    kept_float += sorted(op.lower() for op in FLOAT_RECURRENT_OP_TYPES if ops[op])
+    (integer if ops["MatMulInteger"] or ops["DynamicQuantizeMatMul"] else kept_float).append("head")
+    fp32_bytes, int8_bytes = Path(fp32_path).stat().st_size, Path(int8_path).stat().st_size
+    return {
+        "integer": integer,
+        "float": kept_float,
+        "partial": bool(kept_float),
+        "op_types_requested": list(INT8_OP_TYPES),
+        "fp32_bytes": fp32_bytes,
+        "int8_bytes": int8_bytes,
+        "size_ratio": round(fp32_bytes / int8_bytes, 2),
+        "batch_invariance_max_abs_prob": INT8_BATCH_INVARIANCE_MAX_ABS_PROB,
+    }
+
+
+def check_int8_pays(cell: str, force: bool) -> None:
+    """Refuse INT8 for a model whose recurrent layers cannot be quantised, unless forced.
+
+    onnxruntime has a dynamic INT8 kernel for LSTM only; a GRU/RNN "INT8" model keeps its
+    recurrence (the bulk of the compute) in float, so it is not faster (measured 0.89-1.05x).
+    """
+    if cell != "lstm" and not force:
+        raise ExportError(
+            f"--quantize int8: onnxruntime has no INT8 kernel for {cell.upper()} layers; only the embedding and "
+            "head would be quantised (smaller, not faster). Use --force-int8 to publish such a partial INT8 "
+            "bundle anyway (its card lists what stayed float)"
+        )

@@ -10,6 +10,7 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.cli import main
+from training.train import EarlyStopState
 
 TOPICS = {
     "sport": "goal match team player score league coach win",
@@ -80,7 +81,9 @@ def test_same_seed_same_weights_and_resume_continues(data_file: Path, tmp_path: 
     assert torch.load(resumed / "last.pt", weights_only=True)["resume"]["epoch"] == 1
     assert run(data_file, resumed, "--epochs", "3", "--resume", "--cell", "rnn") == 0  # --cell is ignored on resume
     state = torch.load(resumed / "last.pt", weights_only=True)["resume"]
-    assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["early_stop"]["history"]] == [1, 2, 3]
+    # the early-stop state round-trips through last.pt as a dataclass
+    assert EarlyStopState.from_dict(state["early_stop"]).to_dict() == state["early_stop"]
     # resuming after epoch 1 ends exactly where the uninterrupted run ended
     for key, tensor in weights(straight / "last.pt").items():
         torch.testing.assert_close(weights(resumed / "last.pt")[key], tensor, rtol=0, atol=0)
