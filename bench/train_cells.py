@@ -9,7 +9,8 @@ A variant is ``<cell>-<bi|uni>`` optionally followed by ``:key=value,...`` overr
 ``training.train.TrainConfig`` (e.g. ``lstm-bi:pooling=max,max_len=256``); everything else is the
 default model's configuration (full epochs, default max_len). All runs share one split
 (``split_seed``), checked through the split files' sha256; runs differ only in the variant and
-the training seed. ``select`` skips runs that already finished, so it can be resumed.
+the training seed. ``select`` skips finished runs and continues interrupted ones from their ``last.pt``; several
+``select`` processes with the same lists share the work (one per core).
 
 Decision rule (``final`` without ``--variant``): LSTM (the first ``lstm-*`` variant, the
 product's cell) stays the choice unless another variant's mean validation accuracy beats it
@@ -83,9 +84,9 @@ def save_results(results: dict[str, Any], path: Path) -> None:
 def select(variants: list[str], seeds: list[int], out: Path, runs_dir: Path) -> dict[str, Any]:
     """Train every variant x seed without reading the test split; record validation scores.
 
-    Work items are claimed with an exclusive ``<run_dir>.claim`` file, so several ``select``
-    processes given the same lists share the work (one per core); each result is merged into
-    the results file as it finishes. A crashed run leaves its claim: delete it to retry.
+    Work items are claimed with an exclusive ``<run_dir>.claim`` file (holding the owner's pid),
+    so several ``select`` processes given the same lists share the work; each result is merged
+    into the results file as it finishes. A run whose owner died is taken over and resumed.
     """
     for seed in seeds:
         for variant in variants:
@@ -96,7 +97,8 @@ def select(variants: list[str], seeds: list[int], out: Path, runs_dir: Path) -> 
                 continue
             logger.info("=== %s -> %s ===", key, config.run_dir)
             cpu_start, wall_start = cpu_seconds(), time.perf_counter()
-            report = train(config, final_test=False)
+            partial = (Path(config.run_dir) / "last.pt").is_file()  # an interrupted run continues
+            report = train(config, resume=partial, final_test=False)
             manifest = read_manifest(Path(config.run_dir) / "split" / "manifest.json")
             row = {
                 "variant": variant, "seed": seed, "run_dir": config.run_dir,
@@ -115,11 +117,23 @@ def select(variants: list[str], seeds: list[int], out: Path, runs_dir: Path) -> 
 
 
 def claim(run_dir: Path) -> bool:
+    """Take a work item: an exclusive claim file holding our pid (a dead owner's claim is taken over)."""
     run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(f"{run_dir}.claim")
     try:
-        os.close(os.open(f"{run_dir}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
-        return False
+        try:
+            owner = int(path.read_text() or 0)
+            if owner <= 0:
+                raise ProcessLookupError
+            os.kill(owner, 0)
+            return False  # a live process is on it
+        except (ValueError, ProcessLookupError):
+            path.unlink(missing_ok=True)
+            return claim(run_dir)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
     return True
 
 

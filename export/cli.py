@@ -17,7 +17,7 @@ from pathlib import Path
 from bundle.card import ModelCard, default_inputs, default_outputs
 from bundle.store import BundleError, publish_bundle, sha256_file, validate_model_name
 from export.onnx_export import OPSET, ExportError, check_onnx, export_onnx
-from export.optimize import check_int8_pays, optimize_onnx, quantize_int8, quantized_parts
+from export.optimize import check_int8_pays, int8_speedup, optimize_onnx, quantize_int8, quantized_parts
 from export.parity import format_table, load_test_split, run_parity
 from export.parity_cli import configure_logging
 from training.checkpoint import CheckpointError, load_checkpoint
@@ -85,9 +85,13 @@ def export_bundle(
             logger.info("[4/6] dynamic INT8 quantisation")
             quantize_int8(final, stage / "model.int8.onnx")
             details = quantized_parts(final, stage / "model.int8.onnx")
+            details["speedup_vs_fp32_b64_len256_1thread"] = round(int8_speedup(final, stage / "model.int8.onnx"), 2)
             final = stage / "model.int8.onnx"
             if details["partial"]:
                 logger.warning("PARTIAL INT8: %s stay float (integer: %s)", details["float"], details["integer"])
+            if details["speedup_vs_fp32_b64_len256_1thread"] < 1.0:
+                logger.warning("INT8 is SLOWER than fp32 here (%.2fx at batch 64); the card records it",
+                               details["speedup_vs_fp32_b64_len256_1thread"])
         elif quantization != "none":
             raise ValueError(f"unknown quantization {quantization!r} (use int8)")
         else:

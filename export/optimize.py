@@ -121,6 +121,37 @@ def quantized_parts(fp32_path: str | Path, int8_path: str | Path) -> dict[str, A
     }
 
 
+def int8_speedup(fp32_path: str | Path, int8_path: str | Path, *, batch: int = 64, length: int = 256,
+                 windows: int = 5, threads: int = 1) -> float:
+    """INT8 / fp32 throughput at ``batch`` x ``length`` (median of interleaved windows, 1 thread).
+
+    A quick side-by-side measurement at export time so the card can say whether this INT8 file
+    pays on the exporting machine (bench/bench_onnx_vs_torch.py is the full comparison).
+    """
+    import time
+
+    import numpy as np
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for path in (fp32_path, int8_path)]
+    tables = [i.dims[0] for i in onnx.load(str(fp32_path)).graph.initializer if i.name == "embedding.weight"]
+    vocab = tables[0] if tables else 3  # ids only steer the lookup, not the work
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(2, vocab, (batch, length)).astype(np.int64),
+             "lengths": np.full(batch, length, dtype=np.int64)}
+    times: list[list[float]] = [[], []]
+    for session in sessions:
+        session.run(None, feeds)  # warm-up
+    for _ in range(windows):
+        for k, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[k].append(time.perf_counter() - start)
+    return float(np.median(times[0]) / np.median(times[1]))
+
+
 def check_int8_pays(cell: str, force: bool) -> None:
     """Refuse INT8 for a model whose recurrent layers cannot be quantised, unless forced.
 

@@ -43,7 +43,7 @@ class TrainConfig:
     labels: str | None = None  # "a,b,c" or a file with one label per line (CSV: class i = line i)
     run_dir: str = "runs/news"
     # model
-    cell: str = "gru"
+    cell: str = "lstm"  # the product's cell; bench/train_cells.py decides on validation whether another beats it
     num_layers: int = 1
     bidirectional: bool = True
     pooling: str = "mean"
