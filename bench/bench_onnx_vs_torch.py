@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 def int8_batch_invariance(checkpoint_path: Path, session: ort.InferenceSession) -> dict:
     """Max |delta probability| of each validation text alone vs inside seeded batches of 64 and
     next to the longest text (the validation split: this is not a test-split reader)."""
+    from export.parity import softmax
     from training.data import load_split
 
     checkpoint = load_checkpoint(checkpoint_path)
@@ -160,9 +161,7 @@ def int8_batch_invariance(checkpoint_path: Path, session: ort.InferenceSession) 
 
     def probs(batch_texts: list[str]) -> np.ndarray:
         batch = checkpoint.encoder.encode_batch(batch_texts)
-        logits = session.run(None, {"input_ids": batch.input_ids, "lengths": batch.lengths})[0]
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(session.run(None, {"input_ids": batch.input_ids, "lengths": batch.lengths})[0])
 
     alone = np.concatenate([probs([text]) for text in texts])
     longest = max(texts, key=len)
