@@ -43,6 +43,7 @@ from training.train import TrainConfig, evaluate_on_test, train  # noqa: E402
 logger = logging.getLogger("bench.train_cells")
 
 RESULTS = ROOT / "bench" / "results" / "train_cells"
+BUDGET = ("epochs", "max_minutes", "patience", "threads")  # what a resumed run takes from its variant
 RUNS = ROOT / "runs" / "bench_cells"
 
 
@@ -97,8 +98,10 @@ def select(variants: list[str], seeds: list[int], out: Path, runs_dir: Path) -> 
                 continue
             logger.info("=== %s -> %s ===", key, config.run_dir)
             cpu_start, wall_start = cpu_seconds(), time.perf_counter()
-            partial = (Path(config.run_dir) / "last.pt").is_file()  # an interrupted run continues
-            report = train(config, resume=partial, final_test=False)
+            # an interrupted run continues; so does a copy of a shorter run given more epochs
+            # (resume is bit-identical to an uninterrupted run: tests/test_training.py)
+            partial = (Path(config.run_dir) / "last.pt").is_file()
+            report = train(config, resume=partial, overrides=set(BUDGET), final_test=False)
             manifest = read_manifest(Path(config.run_dir) / "split" / "manifest.json")
             row = {
                 "variant": variant, "seed": seed, "run_dir": config.run_dir,
