@@ -1,9 +1,11 @@
-"""ONNX Runtime vs PyTorch eager, side by side, same thread count: sequences/s (medians).
+"""ONNX Runtime fp32 and INT8 vs PyTorch eager, side by side, same thread count: sequences/s (medians).
 
     .venv/bin/python bench/bench_onnx_vs_torch.py [--checkpoint runs/news/best.pt] [--threads 2]
 
-Uses the checkpoint when it exists, else a randomly initialised default-size model (the output
-says which). Writes bench/results/onnx_vs_torch-<timestamp>.json.
+Uses the checkpoint when it exists, else a randomly initialised model of the default training
+configuration (training.train.TrainConfig; the output says which). Also reports what INT8
+quantised, the file sizes and the INT8 goals (>= 1.5x fp32 at batch 64, >= 3x smaller).
+Writes bench/results/onnx_vs_torch-<N>thread(s).json.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from export.cli import library_versions  # noqa: E402
 from export.onnx_export import export_onnx  # noqa: E402
-from export.optimize import optimize_onnx, quantize_int8  # noqa: E402
+from export.optimize import optimize_onnx, quantize_int8, quantized_parts  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.model import ModelConfig, RecurrentClassifier  # noqa: E402
 
@@ -37,9 +39,14 @@ BATCHES, LENGTHS = (1, 8, 64), (64, 256)
 def load_model(checkpoint: Path) -> tuple[RecurrentClassifier, str]:
     if checkpoint.is_file():
         return load_checkpoint(checkpoint).model, f"checkpoint {checkpoint}"
+    from training.train import TrainConfig
+
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=20000, num_labels=5)  # the ModelConfig defaults
-    return RecurrentClassifier(config).eval(), "randomly initialised default-size model (no checkpoint found)"
+    d = TrainConfig()
+    config = ModelConfig(vocab_size=d.vocab_size, num_labels=5, cell=d.cell, embedding_dim=d.embedding_dim,  # type: ignore[arg-type]
+                         hidden_size=d.hidden_size, num_layers=d.num_layers, bidirectional=d.bidirectional,
+                         pooling=d.pooling)  # type: ignore[arg-type]
+    return RecurrentClassifier(config).eval(), "randomly initialised default-configuration model (no checkpoint found)"
 
 
 def inputs(vocab: int, batch: int, length: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         raw = export_onnx(model, Path(tmp) / "raw.onnx")
         fp32 = optimize_onnx(raw, Path(tmp) / "fp32.onnx")
         quantize_int8(fp32, Path(tmp) / "int8.onnx")
+        parts = quantized_parts(fp32, Path(tmp) / "int8.onnx")
+        logger.info("int8: integer %s, float %s, %d -> %d bytes (%.2fx smaller)", parts["integer"], parts["float"],
+                    parts["fp32_bytes"], parts["int8_bytes"], parts["size_ratio"])
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         options.inter_op_num_threads = 1
@@ -93,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             kind: ort.InferenceSession(str(Path(tmp) / f"{kind}.onnx"), options, providers=["CPUExecutionProvider"])
             for kind in ("fp32", "int8")
         }
+        invariance = int8_batch_invariance(args.checkpoint, sessions["int8"]) if args.checkpoint.is_file() else None
         rows = []
         for length in LENGTHS:
             for batch in BATCHES:
@@ -109,10 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"batch": batch, "length": length, **measure(fns, batch, args.min_time, args.repeats)}
                 row["ratio_fp32"] = row["ort_fp32"] / row["torch_eager"]
                 row["ratio_int8"] = row["ort_int8"] / row["torch_eager"]
+                row["int8_vs_fp32"] = row["ort_int8"] / row["ort_fp32"]
                 rows.append(row)
-                logger.info("b%-3d len%-4d torch %8.1f  ort-fp32 %8.1f (%.2fx)  ort-int8 %8.1f (%.2fx)", batch, length,
-                            row["torch_eager"], row["ort_fp32"], row["ratio_fp32"], row["ort_int8"], row["ratio_int8"])
-    table = format_table(rows, args.threads)
+                logger.info("b%-3d len%-4d torch %8.1f  ort-fp32 %8.1f (%.2fx)  ort-int8 %8.1f (%.2fx; %.2fx fp32)",
+                            batch, length, row["torch_eager"], row["ort_fp32"], row["ratio_fp32"], row["ort_int8"],
+                            row["ratio_int8"], row["int8_vs_fp32"])
+    table = format_table(rows, args.threads, parts)
     print(table)
     result = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -125,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         "versions": library_versions(),
         "rows": rows,
         "goal_b1_fp32_ratio_ge_1_5": all(r["ratio_fp32"] >= 1.5 for r in rows if r["batch"] == 1),
+        "int8": parts,
+        "int8_batch_invariance_val": invariance,
+        "goal_int8_b64_ge_1_5x_fp32": all(r["int8_vs_fp32"] >= 1.5 for r in rows if r["batch"] == 64),
+        "goal_int8_ge_3x_smaller": parts["size_ratio"] >= 3.0,
     }
     out = args.out or default_output(args.threads)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,18 +150,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def int8_batch_invariance(checkpoint_path: Path, session: ort.InferenceSession) -> dict:
+    """Max |delta probability| of each validation text alone vs inside seeded batches of 64 and
+    next to the longest text (the validation split: this is not a test-split reader)."""
+    from export.parity import softmax
+    from training.data import load_split
+
+    checkpoint = load_checkpoint(checkpoint_path)
+    texts = load_split(checkpoint.manifest_path, "val")[0]
+
+    def probs(batch_texts: list[str]) -> np.ndarray:
+        batch = checkpoint.encoder.encode_batch(batch_texts)
+        return softmax(session.run(None, {"input_ids": batch.input_ids, "lengths": batch.lengths})[0])
+
+    alone = np.concatenate([probs([text]) for text in texts])
+    longest = max(texts, key=len)
+    worst_pair = max(float(np.abs(probs([text, longest])[0] - alone[i]).max()) for i, text in enumerate(texts))
+    order = np.random.default_rng(0).permutation(len(texts))
+    worst_batch = max(float(np.abs(probs([texts[r] for r in rows]) - alone[rows]).max())
+                      for rows in (order[i : i + 64] for i in range(0, len(order), 64)))
+    result = {"texts": len(texts), "max_abs_prob_batches_of_64": worst_batch,
+              "max_abs_prob_next_to_longest": worst_pair}
+    logger.info("int8 batch invariance on %d validation texts: %s", len(texts), result)
+    return result
+
+
 def default_output(threads: int) -> Path:
     """The stable names docs/export.md links to: onnx_vs_torch-1thread.json, -2threads.json, ..."""
     return ROOT / "bench" / "results" / f"onnx_vs_torch-{threads}thread{'' if threads == 1 else 's'}.json"
 
 
-def format_table(rows: list[dict], threads: int) -> str:
-    lines = [f"sequences/s, median, {threads} threads",
-             "| batch | len | PyTorch eager | ORT fp32 | ratio | ORT int8 | ratio |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+def format_table(rows: list[dict], threads: int, parts: dict) -> str:
+    lines = [f"sequences/s, median, {threads} threads; INT8 = integer {', '.join(parts['integer'])}"
+             f"{'; float ' + ', '.join(parts['float']) if parts['float'] else ''}; model.onnx "
+             f"{parts['fp32_bytes'] / 1e6:.1f} MB fp32 -> {parts['int8_bytes'] / 1e6:.1f} MB int8 ({parts['size_ratio']:.2f}x smaller)",
+             "| batch | len | PyTorch eager | ORT fp32 | ratio | ORT int8 | ratio | int8 / fp32 |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['batch']} | {r['length']} | {r['torch_eager']:.0f} | {r['ort_fp32']:.0f} | "
-                     f"{r['ratio_fp32']:.2f}x | {r['ort_int8']:.0f} | {r['ratio_int8']:.2f}x |")
+                     f"{r['ratio_fp32']:.2f}x | {r['ort_int8']:.0f} | {r['ratio_int8']:.2f}x | {r['int8_vs_fp32']:.2f}x |")
     return "\n".join(lines)
 
 

@@ -60,6 +60,9 @@ class ModelCard:
     outputs: list[TensorSpec]
     sha256: dict[str, str]  # file name -> hex digest (every name in HASHED_FILES)
     quantization: str = "none"  # "none" | "int8"
+    # int8 only: what really runs in integer arithmetic (export.optimize.quantized_parts):
+    # {"integer": [...], "float": [...], "partial": bool, sizes, batch-invariance bound}
+    quantization_details: dict[str, Any] = field(default_factory=dict)
     opset: int = 18
     metrics: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] | None = None  # the parity report; must contain "passed": bool

@@ -18,7 +18,7 @@ from bundle.card import GOLDEN_FILE, ModelCard, default_inputs, default_outputs
 from bundle.store import BundleError, publish_bundle, sha256_file, validate_model_name
 from export.golden import golden_fixtures, golden_texts, write_golden
 from export.onnx_export import OPSET, ExportError, check_onnx, export_onnx
-from export.optimize import optimize_onnx, quantize_int8
+from export.optimize import check_int8_pays, int8_speedup, optimize_onnx, quantize_int8, quantized_parts
 from export.parity import edge_case_texts, format_table, load_test_split, run_parity
 from export.parity_cli import configure_logging
 from training.checkpoint import CheckpointError, load_checkpoint
@@ -59,6 +59,7 @@ def export_bundle(
     providers: list[str] | None = None,
     test_split: tuple[list[str], list[str]] | None = None,
     allow_no_test_split: bool = False,
+    force_int8: bool = False,
 ) -> Path:
     """Export, check, optimise, (quantise), run parity and publish; returns the bundle directory.
 
@@ -72,6 +73,9 @@ def export_bundle(
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
     quantization = quantize or "none"
+    details: dict = {}
+    if quantization == "int8":
+        check_int8_pays(checkpoint.config.cell, force_int8)
     split = test_split if test_split is not None else load_test_split(checkpoint.manifest_path)
     if split is None and not allow_no_test_split:
         raise ValueError(f"{checkpoint_path} records no test split: parity would rest on edge cases alone "
@@ -86,11 +90,15 @@ def export_bundle(
         final = optimize_onnx(raw, stage / "model.onnx", level=optimization)
         if quantization == "int8":
             logger.info("[4/6] dynamic INT8 quantisation")
-            histogram = quantize_int8(final, stage / "model.int8.onnx")
+            quantize_int8(final, stage / "model.int8.onnx")
+            details = quantized_parts(final, stage / "model.int8.onnx")
+            details["speedup_vs_fp32_b64_len256_1thread"] = round(int8_speedup(final, stage / "model.int8.onnx"), 2)
             final = stage / "model.int8.onnx"
-            if "LSTM" in histogram or "GRU" in histogram or "RNN" in histogram:
-                logger.warning("the %s layers stay float: onnxruntime has no dynamic INT8 kernel for them "
-                               "(only the head is quantised): %s", checkpoint.config.cell, histogram)
+            if details["partial"]:
+                logger.warning("PARTIAL INT8: %s stay float (integer: %s)", details["float"], details["integer"])
+            if details["speedup_vs_fp32_b64_len256_1thread"] < 1.0:
+                logger.warning("INT8 is SLOWER than fp32 here (%.2fx at batch 64); the card records it",
+                               details["speedup_vs_fp32_b64_len256_1thread"])
         elif quantization != "none":
             raise ValueError(f"unknown quantization {quantization!r} (use int8)")
         else:
@@ -121,6 +129,7 @@ def export_bundle(
             outputs=default_outputs(len(checkpoint.labels)),
             sha256={},
             quantization=quantization,
+            quantization_details=details,
             opset=OPSET,
             metrics=checkpoint.metrics,
             parity=report,
@@ -145,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="news")
     parser.add_argument("--version", type=int, help="default: the next free version")
     parser.add_argument("--quantize", choices=["int8"], help="dynamic INT8 quantisation")
+    parser.add_argument("--force-int8", action="store_true",
+                        help="publish INT8 even for a GRU/RNN (only embedding and head quantised; the card says so)")
     parser.add_argument("--optimization", choices=["basic", "extended"], default="basic")
     parser.add_argument("--providers", nargs="+", help="onnxruntime providers for parity (default: all)")
     parser.add_argument("--allow-no-test-split", action="store_true",
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         target = export_bundle(args.checkpoint, args.repository, args.name, version=args.version,
                                quantize=args.quantize, optimization=args.optimization, providers=args.providers,
-                               allow_no_test_split=args.allow_no_test_split)
+                               allow_no_test_split=args.allow_no_test_split, force_int8=args.force_int8)
     except ParityFailed as exc:
         print(f"textclf export: NOT published: {exc}", file=sys.stderr)
         return 1

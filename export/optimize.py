@@ -5,6 +5,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -47,14 +48,26 @@ def op_histogram(path_or_model: str | Path | onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
-def quantize_int8(src: str | Path, dst: str | Path, *, op_types: tuple[str, ...] = ("LSTM", "MatMul", "Gemm")) -> dict[str, int]:
+# Dynamic INT8 scales activations per batch, so the same text can score slightly differently
+# alone and inside a batch. Bound: max |delta probability| between a text scored alone and the
+# same text inside any batch. Measured 0.024 on the default LSTM's 206 validation texts
+# (batches of 64 and next to the longest text: bench/bench_onnx_vs_torch.py,
+# "int8_batch_invariance_val"); tested on a tiny fitted LSTM in
+# tests/test_int8.py::test_int8_batch_invariance_is_bounded; docs/export.md "INT8".
+INT8_BATCH_INVARIANCE_MAX_ABS_PROB = 0.05
+# What --quantize int8 asks onnxruntime for: embedding lookups (Gather, weights stored int8 and
+# dequantised after the lookup), LSTM layers (DynamicQuantizeLSTM) and the head (MatMulInteger).
+INT8_OP_TYPES = ("Gather", "LSTM", "MatMul", "Gemm")
+
+
+def quantize_int8(src: str | Path, dst: str | Path, *, op_types: tuple[str, ...] = INT8_OP_TYPES) -> dict[str, int]:
     """Dynamic INT8 quantisation; returns the op histogram of the result.
 
     Pre-steps a dynamo export needs (measured): drop value_info (else ShapeInferenceError in
     the quantiser) and fold constants with the onnxscript optimizer (else weights computed by
     Slice/Concat stay float). ONNX Runtime has an integer kernel for LSTM (DynamicQuantizeLSTM)
-    but none for GRU or RNN: those stay float and only the head (and embedding lookups, if
-    enabled) become integer. The caller reports that honestly.
+    but none for GRU or RNN: those stay float and only the embedding and head become integer;
+    ``quantized_parts`` says which, and the exporter refuses such a model unless forced.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -77,3 +90,79 @@ def quantize_int8(src: str | Path, dst: str | Path, *, op_types: tuple[str, ...]
     assert_named_dims(onnx.load(str(dst)))
     logger.info("quantised int8 %s -> %s: %s", src, dst, histogram)
     return histogram
+
+
+def quantized_parts(fp32_path: str | Path, int8_path: str | Path) -> dict[str, Any]:
+    """What a quantised file really runs in integer arithmetic, read from its graph.
+
+    ``integer``/``float``: the parts (``embedding``, the recurrent cell, ``head``) that were /
+    were not quantised; ``partial`` when anything stayed float; file sizes and their ratio.
+    Goes into the model card as ``quantization_details``.
+    """
+    model = onnx.load(str(int8_path))
+    int8_initializers = {init.name for init in model.graph.initializer
+                         if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    ops = Counter(node.op_type for node in model.graph.node)
+    integer, kept_float = [], []
+    embedding_int8 = any(node.op_type == "Gather" and node.input[0] in int8_initializers for node in model.graph.node)
+    (integer if embedding_int8 else kept_float).append("embedding")
+    if ops["DynamicQuantizeLSTM"]:
+        integer.append("lstm")
+    kept_float += sorted(op.lower() for op in FLOAT_RECURRENT_OP_TYPES if ops[op])
+    (integer if ops["MatMulInteger"] or ops["DynamicQuantizeMatMul"] else kept_float).append("head")
+    fp32_bytes, int8_bytes = Path(fp32_path).stat().st_size, Path(int8_path).stat().st_size
+    return {
+        "integer": integer,
+        "float": kept_float,
+        "partial": bool(kept_float),
+        "op_types_requested": list(INT8_OP_TYPES),
+        "fp32_bytes": fp32_bytes,
+        "int8_bytes": int8_bytes,
+        "size_ratio": round(fp32_bytes / int8_bytes, 2),
+        "batch_invariance_max_abs_prob": INT8_BATCH_INVARIANCE_MAX_ABS_PROB,
+    }
+
+
+def int8_speedup(fp32_path: str | Path, int8_path: str | Path, *, batch: int = 64, length: int = 256,
+                 windows: int = 5, threads: int = 1) -> float:
+    """INT8 / fp32 throughput at ``batch`` x ``length`` (median of interleaved windows, 1 thread).
+
+    A quick side-by-side measurement at export time so the card can say whether this INT8 file
+    pays on the exporting machine (bench/bench_onnx_vs_torch.py is the full comparison).
+    """
+    import time
+
+    import numpy as np
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    sessions = [ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                for path in (fp32_path, int8_path)]
+    tables = [i.dims[0] for i in onnx.load(str(fp32_path)).graph.initializer if i.name == "embedding.weight"]
+    vocab = tables[0] if tables else 3  # ids only steer the lookup, not the work
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(2, vocab, (batch, length)).astype(np.int64),
+             "lengths": np.full(batch, length, dtype=np.int64)}
+    times: list[list[float]] = [[], []]
+    for session in sessions:
+        session.run(None, feeds)  # warm-up
+    for _ in range(windows):
+        for k, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[k].append(time.perf_counter() - start)
+    return float(np.median(times[0]) / np.median(times[1]))
+
+
+def check_int8_pays(cell: str, force: bool) -> None:
+    """Refuse INT8 for a model whose recurrent layers cannot be quantised, unless forced.
+
+    onnxruntime has a dynamic INT8 kernel for LSTM only; a GRU/RNN "INT8" model keeps its
+    recurrence (the bulk of the compute) in float, so it is not faster (measured 0.89-1.05x).
+    """
+    if cell != "lstm" and not force:
+        raise ExportError(
+            f"--quantize int8: onnxruntime has no INT8 kernel for {cell.upper()} layers; only the embedding and "
+            "head would be quantised (smaller, not faster). Use --force-int8 to publish such a partial INT8 "
+            "bundle anyway (its card lists what stayed float)"
+        )

@@ -12,6 +12,7 @@ from training.data import (
     Example,
     deduplicate,
     load_bbc,
+    near_deduplicate,
     load_dataset,
     load_split,
     prepare_split,
@@ -48,6 +49,9 @@ def test_bbc_counts_raw_and_deduplicated() -> None:
     }
     kept, removed = deduplicate(dataset.examples)
     assert (len(kept), removed) == (2125, 100)
+    near_kept, near = near_deduplicate(kept)  # word 5-gram overlap >= 0.8 (docs/training.md)
+    assert (len(near_kept), len(near)) == (2058, 67)
+    assert all(pair.dropped.label == pair.kept.label for pair in near)
     # the one Windows-1252 file decodes its pound sign instead of dropping it
     assert all("\ufffd" not in ex.text for ex in dataset.examples)
 
@@ -150,6 +154,43 @@ def test_dedup_ignores_whitespace_differences_and_keeps_first() -> None:
     assert removed == 2
 
 
+ARTICLE = ("The central bank raised its key interest rate by half a point on Thursday, the third rise this "
+           "year, saying that inflation in services and wages had not yet come down as fast as it had expected "
+           "and that it would act again if prices kept climbing through the spring")
+
+
+def test_near_copies_are_removed_distinct_texts_kept() -> None:
+    lightly_edited = ARTICLE.replace("Thursday", "Friday") + " Shares fell."  # shares >= 80 % of its 5-grams
+    quoted = "Breaking: " + ARTICLE  # the whole article inside a longer text
+    other = ("The striker scored twice in the second half as the home side came back from two goals down "
+             "to win the cup final in front of a record crowd on Saturday")
+    same_topic = ("The central bank kept its key interest rate unchanged on Thursday and said inflation was "
+                  "falling faster than expected in services")  # shares words, not 5-grams
+    examples = [Example(ARTICLE, "business", "f:1"), Example(other, "sport", "f:2"),
+                Example(lightly_edited, "business", "f:3"), Example(same_topic, "business", "f:4"),
+                Example(quoted, "business", "f:5"), Example("too short", "sport", "f:6")]
+    kept, dropped = near_deduplicate(examples)
+    assert [ex.where for ex in kept] == ["f:1", "f:2", "f:4", "f:6"]
+    assert [(d.dropped.where, d.kept.where) for d in dropped] == [("f:3", "f:1"), ("f:5", "f:1")]
+    assert all(d.overlap >= 0.8 for d in dropped)
+    # deterministic: the first of a group is kept, whatever the later order
+    assert near_deduplicate(examples)[0] == kept
+    assert [ex.where for ex in near_deduplicate([examples[2], *examples[:2]])[0]] == ["f:3", "f:2"]
+
+
+def test_near_copy_never_crosses_the_split(tmp_path: Path) -> None:
+    """Many near copies of one article: after the split at most one of them is left anywhere."""
+    rows = balanced_rows(20)
+    rows += [{"text": ARTICLE + f" Update {i}.", "label": "a"} for i in range(12)]
+    manifest_path = prepare_split(str(jsonl(tmp_path / "d.jsonl", rows)), None, tmp_path / "s", seed=3)
+    manifest = read_manifest(manifest_path)
+    assert manifest["counts"]["near_duplicates_removed"] == 11 and manifest["counts"]["deduplicated"] == 61
+    assert manifest["near_duplicates"]["threshold"] == 0.8 and manifest["near_duplicates"]["shingle_words"] == 5
+    copies = [name for name in ("train", "val", "test")
+              for text in load_split(manifest_path, name)[0] if text.startswith(ARTICLE[:40])]
+    assert len(copies) == 1
+
+
 def test_split_is_stratified_disjoint_and_complete() -> None:
     examples = [Example(f"{label} {i}", label, f"f:{i}") for label, n in (("a", 50), ("b", 30), ("c", 20)) for i in range(n)]
     splits = stratified_split(examples, ["a", "b", "c"], seed=3)
@@ -174,7 +215,7 @@ def test_split_files_are_deterministic_per_seed(tmp_path: Path) -> None:
     assert first["test"] != other["test"]
     manifest = read_manifest(tmp_path / "s1" / "manifest.json")
     assert manifest["seed"] == 7
-    assert manifest["counts"] == {"raw": 61, "duplicates_removed": 1, "deduplicated": 60}
+    assert manifest["counts"] == {"raw": 61, "duplicates_removed": 1, "near_duplicates_removed": 0, "deduplicated": 60}
     assert {name: manifest["files"][name]["count"] for name in ("train", "val", "test")} == {"train": 48, "val": 6, "test": 6}
     assert manifest["source"]["kind"] == "jsonl" and len(manifest["source"]["sha256"]) == 64
     texts, labels = load_split(tmp_path / "s1" / "manifest.json", "test")

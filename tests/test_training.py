@@ -10,6 +10,8 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.cli import main
+from training.data import DataError
+from training.train import EarlyStopState, evaluate_on_test, wilson_interval
 
 TOPICS = {
     "sport": "goal match team player score league coach win",
@@ -80,7 +82,9 @@ def test_same_seed_same_weights_and_resume_continues(data_file: Path, tmp_path: 
     assert torch.load(resumed / "last.pt", weights_only=True)["resume"]["epoch"] == 1
     assert run(data_file, resumed, "--epochs", "3", "--resume", "--cell", "rnn") == 0  # --cell is ignored on resume
     state = torch.load(resumed / "last.pt", weights_only=True)["resume"]
-    assert state["epoch"] == 3 and [h["epoch"] for h in state["history"]] == [1, 2, 3]
+    assert state["epoch"] == 3 and [h["epoch"] for h in state["early_stop"]["history"]] == [1, 2, 3]
+    # the early-stop state round-trips through last.pt as a dataclass
+    assert EarlyStopState.from_dict(state["early_stop"]).to_dict() == state["early_stop"]
     # resuming after epoch 1 ends exactly where the uninterrupted run ended
     for key, tensor in weights(straight / "last.pt").items():
         torch.testing.assert_close(weights(resumed / "last.pt")[key], tensor, rtol=0, atol=0)
@@ -108,3 +112,32 @@ def test_bad_data_exits_2_with_file_and_line(tmp_path: Path, capsys: pytest.Capt
 def test_resume_without_a_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--run-dir", str(tmp_path / "nothing"), "--resume", "--no-progress"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_training_never_reads_the_test_split_only_evaluate_on_test_does(data_file: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert run(data_file, run_dir, "--epochs", "1", "--no-test") == 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "val" and "accuracy" not in metrics and metrics["val"]["num_examples"] == 6
+    assert metrics["data"]["near_duplicates_removed"] == 0 and metrics["data"]["near_duplicates"]["threshold"] == 0.8
+    # make the test split unreadable (sha256 mismatch): training goes on without noticing ...
+    test_file = run_dir / "split" / "test.jsonl"
+    original = test_file.read_bytes()
+    test_file.write_bytes(original + b'{"text": "x", "label": "tech"}\n')
+    assert run(data_file, run_dir, "--epochs", "2", "--resume", "--no-test") == 0
+    # ... and the one reader of the test split refuses it
+    with pytest.raises(DataError, match="sha256"):
+        evaluate_on_test(run_dir)
+    test_file.write_bytes(original)
+    report = evaluate_on_test(run_dir)
+    assert report["split"] == "test" and report["num_examples"] == 6
+    low, high = report["accuracy_ci95"]
+    assert 0.0 <= low <= report["accuracy"] <= high <= 1.0
+    assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] == report["accuracy"]
+    assert load_checkpoint(run_dir / "best.pt").metrics["split"] == "test"
+
+
+def test_wilson_interval() -> None:
+    low, high = wilson_interval(200, 206)
+    assert round(low, 3) == 0.938 and round(high, 3) == 0.987  # 200/206 worked by hand from the Wilson formula
+    assert wilson_interval(0, 0) == [0.0, 1.0] and wilson_interval(5, 5)[1] == 1.0

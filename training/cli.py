@@ -44,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
     opt.add_argument("--clip-norm", type=float, default=d.clip_norm)
     opt.add_argument("--patience", type=int, default=d.patience, help="epochs without a better validation macro-F1 before stopping")
-    opt.add_argument("--seed", type=int, default=d.seed)
+    opt.add_argument("--seed", type=int, default=d.seed, help="weights, batch order and word dropout")
+    data.add_argument("--split-seed", type=int, default=d.split_seed, help="the train/val/test split (keep it fixed to compare training seeds)")
     opt.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's choice)")
     opt.add_argument("--max-minutes", type=float, default=d.max_minutes, help="stop before an epoch that would exceed this training time")
+    parser.add_argument("--no-test", action="store_false", dest="final_test",
+                        help="model selection: never read the test split; metrics.json holds validation scores")
     opt.add_argument("--resume", action="store_true", help="continue <run-dir>/last.pt; model, data and optimiser settings come from it, --epochs/--max-minutes/--patience/--threads may change")
     parser.add_argument("--no-progress", action="store_false", dest="progress", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -89,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     # on --resume, budget flags given explicitly on the command line win over the stored run's
     overrides = explicit_options(argv, known)
     try:
-        report = train(config, resume=args.resume, overrides=overrides)
+        report = train(config, resume=args.resume, overrides=overrides, final_test=args.final_test)
     except (DataError, TrainingError) as exc:
         print(f"textclf train: error: {exc}", file=sys.stderr)
         return 2
-    print(f"test accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} -> {config.run_dir}/metrics.json")
+    scores = report if report["split"] == "test" else report["val"]
+    print(f"{report['split']} accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f} -> {config.run_dir}/metrics.json")
     return 0
 
 

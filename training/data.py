@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ logger = logging.getLogger(__name__)
 SPLIT_FORMAT = "textclf-split/1"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+# Near-duplicate rule (docs/training.md "De-duplication"): two texts are near copies when the
+# shorter shares at least NEAR_DUP_THRESHOLD of its word 5-grams with the longer one.
+SHINGLE_WORDS = 5
+NEAR_DUP_THRESHOLD = 0.8
+WORD = re.compile(r"\w+")
 
 
 class DataError(Exception):
@@ -238,6 +244,50 @@ def deduplicate(examples: list[Example]) -> tuple[list[Example], int]:
     return kept, len(examples) - len(kept)
 
 
+def shingles(text: str, size: int = SHINGLE_WORDS) -> frozenset[str]:
+    """Lower-cased word ``size``-grams; a text shorter than ``size`` words is one shingle."""
+    words = WORD.findall(text.lower())
+    if len(words) <= size:
+        return frozenset([" ".join(words)])
+    return frozenset(" ".join(words[i : i + size]) for i in range(len(words) - size + 1))
+
+
+@dataclass(frozen=True)
+class NearDuplicate:
+    dropped: Example
+    kept: Example
+    overlap: float
+
+
+def near_deduplicate(
+    examples: list[Example], threshold: float = NEAR_DUP_THRESHOLD, size: int = SHINGLE_WORDS
+) -> tuple[list[Example], list[NearDuplicate]]:
+    """Drop every text whose word-shingle overlap with an earlier kept text is >= ``threshold``.
+
+    overlap(a, b) = |S(a) & S(b)| / min(|S(a)|, |S(b)|) with S the set of word ``size``-grams,
+    so a text quoted whole inside a longer one counts too. Exact: an inverted index over the
+    shingles of kept texts counts the shared shingles of every candidate (no MinHash sampling),
+    and the first of a group is kept, so the result depends only on the input order. Runs
+    before the split, so no near copy can sit on both sides of it.
+    """
+    index: dict[str, list[int]] = defaultdict(list)
+    kept: list[Example] = []
+    kept_sizes: list[int] = []
+    dropped: list[NearDuplicate] = []
+    for ex in examples:
+        grams = shingles(ex.text, size)
+        shared = Counter(k for gram in grams for k in index.get(gram, ()))
+        best = max(((count / min(len(grams), kept_sizes[k]), -k) for k, count in shared.items()), default=None)
+        if best is not None and best[0] >= threshold:
+            dropped.append(NearDuplicate(ex, kept[-best[1]], best[0]))
+            continue
+        for gram in grams:
+            index[gram].append(len(kept))
+        kept.append(ex)
+        kept_sizes.append(len(grams))
+    return kept, dropped
+
+
 def stratified_split(
     examples: list[Example], labels: list[str], seed: int, fractions: dict[str, float] | None = None
 ) -> dict[str, list[Example]]:
@@ -284,8 +334,16 @@ def prepare_split(
     fractions = fractions or DEFAULT_FRACTIONS
     dataset = load_dataset(data, labels)
     unused = set(dataset.labels) - {ex.label for ex in dataset.examples}
-    kept, removed = deduplicate(dataset.examples)
-    logger.info("data: %d examples, %d exact duplicate(s) removed, %d kept", len(dataset.examples), removed, len(kept))
+    exact_kept, removed = deduplicate(dataset.examples)
+    kept, near = near_deduplicate(exact_kept)
+    other_label = [pair for pair in near if pair.dropped.label != pair.kept.label]
+    logger.info(
+        "data: %d examples, %d exact and %d near duplicate(s) removed (word %d-gram overlap >= %.2f), %d kept",
+        len(dataset.examples), removed, len(near), SHINGLE_WORDS, NEAR_DUP_THRESHOLD, len(kept),
+    )
+    for pair in other_label:
+        logger.warning("%s: near copy of %s under another label (%r vs %r); dropped",
+                       pair.dropped.where, pair.kept.where, pair.dropped.label, pair.kept.label)
     if unused:
         logger.warning("labels with no examples: %s", sorted(unused))
     splits = stratified_split(kept, dataset.labels, seed, fractions)
@@ -308,7 +366,13 @@ def prepare_split(
         "labels": dataset.labels,
         "seed": seed,
         "fractions": fractions,
-        "counts": {"raw": len(dataset.examples), "duplicates_removed": removed, "deduplicated": len(kept)},
+        "counts": {"raw": len(dataset.examples), "duplicates_removed": removed,
+                   "near_duplicates_removed": len(near), "deduplicated": len(kept)},
+        "near_duplicates": {
+            "rule": f"word {SHINGLE_WORDS}-gram overlap |A&B|/min(|A|,|B|) >= {NEAR_DUP_THRESHOLD}, first kept",
+            "shingle_words": SHINGLE_WORDS, "threshold": NEAR_DUP_THRESHOLD,
+            "removed": len(near), "removed_under_another_label": len(other_label),
+        },
         "files": files,
     }
     manifest_path = split_dir / "manifest.json"
