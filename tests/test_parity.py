@@ -165,3 +165,21 @@ def test_edge_case_check_fails_on_a_vocabulary_without_words() -> None:
     encoder = TextEncoder(tokenizer, max_len=8)
     problems = edge_case_problems(encoder, edge_case_texts(encoder))
     assert any("contains [UNK]" in p for p in problems) and any("same ids" in p for p in problems)
+
+
+def test_int8_parity_bounds_batch_invariance_in_probability(exported: Exported, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service batches dynamically, and dynamic INT8 moves a text's answer with its batch-mates:
+    parity bounds that movement (probability, test split) instead of only reporting it."""
+    from export.optimize import quantize_int8
+
+    int8 = tmp_path / "model.int8.onnx"
+    quantize_int8(exported.model, int8)
+    report = parity(exported, model=int8, quantization="int8")
+    cpu = report["providers"]["CPUExecutionProvider"]
+    assert report["bounds"]["max_batch_invariance_prob"] == 0.05
+    assert 0 < cpu["batch_invariance_max_abs_prob_test"] <= 0.05, cpu  # > 0: really dynamic INT8
+    assert report["passed"], report["failures"]
+    monkeypatch.setattr("export.parity.INT8_BATCH_INVARIANCE_MAX_ABS_PROB", 1e-12)  # a bound it cannot meet
+    strict = parity(exported, model=int8, quantization="int8")["providers"]["CPUExecutionProvider"]
+    assert not strict["passed"] and any("batch invariance in probability" in f for f in strict["failures"])
