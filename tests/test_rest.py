@@ -9,7 +9,6 @@ import json
 import os
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
@@ -23,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from service.api import kserve_codec, rest
 from service.errors import InvalidArgument
 from service.settings import Settings
-from tests.service.conftest import ServerThread, bundles, metric, repo_path, scrape, wait_until  # noqa: F401 - fixtures
+from tests.service.conftest import ServerThread, bundles, metric, repo_path, scrape, wait_until, hold_inference  # noqa: F401 - fixtures
 from tests.service.test_workers import start_workers  # noqa: F401 - fixture
 from tests.test_kserve import TEXTS, repo  # noqa: F401 - the same texts and news v1/v2 bundles (fixture)
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
@@ -273,16 +272,7 @@ def test_idle_connections_cannot_exhaust_the_rest_port(repo) -> None:
 
 def test_queue_full_is_429_and_draining_is_503(repo) -> None:
     server = ServerThread(_settings(repo, max_queue_size=2, max_texts_per_request=2)).start()
-    runtime = server.app.core.get_model("news").runtime
-    entered, release = threading.Event(), threading.Event()
-    real_run = runtime.run
-
-    def held(rows):
-        entered.set()
-        release.wait(20)
-        return real_run(rows)
-
-    runtime.run = held
+    entered, release = hold_inference(server)
     try:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             computing = pool.submit(_post, server, "/v2/models/news/infer", _infer_body(["held"]))
@@ -295,7 +285,6 @@ def test_queue_full_is_429_and_draining_is_503(repo) -> None:
             assert status == 429 and "queue is full" in answer["error"]
             release.set()
             assert computing.result(20)[0] == 200 and queued.result(20)[0] == 200
-        runtime.run = real_run
         conn = http.client.HTTPConnection("127.0.0.1", server.app.rest_port, timeout=10)
         conn.request("GET", "/v2/health/live")
         live = conn.getresponse()

@@ -122,6 +122,22 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         time.sleep(0.01)
 
 
+def hold_inference(server: Any, model: str = "news") -> tuple[threading.Event, threading.Event]:
+    """Hook on the default version's ``runtime.run``: a batch taken to compute sets ``entered``
+    and waits for ``release`` (its texts no longer count as queued)."""
+    runtime = server.app.core.get_model(model).runtime
+    entered, release = threading.Event(), threading.Event()
+    real = runtime.run
+
+    def held(rows):
+        entered.set()
+        release.wait(20)
+        return real(rows)
+
+    runtime.run = held
+    return entered, release
+
+
 def hold_pool_tokenizer(encoder: Any) -> tuple[threading.Event, threading.Event]:
     """Hook on a loaded version's real encoder: a call from a tokenizer-pool thread sets
     ``entered`` and waits for ``release`` (texts tokenized on the event loop pass)."""

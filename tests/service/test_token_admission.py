@@ -4,14 +4,13 @@ still get in where room is left (large requests may fill only 3/4 of it), and a 
 The inference thread is held with a hook on the real runtime, so the queue state is exact."""
 from __future__ import annotations
 
-import threading
 import time
 
 import grpc
 import pytest
 
 from client.client import classify_request
-from tests.service.conftest import hold_pool_tokenizer, metric, scrape, wait_until
+from tests.service.conftest import hold_inference, hold_pool_tokenizer, metric, scrape, wait_until
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
 V2 = {"model": "news", "version": "2"}
@@ -22,26 +21,12 @@ def words(count: int) -> str:
     return " ".join(["market"] * count)
 
 
-def _hold_inference(server) -> tuple[threading.Event, threading.Event]:
-    runtime = server.app.core.get_model("news").runtime
-    entered, release = threading.Event(), threading.Event()
-    real = runtime.run
-
-    def held(rows):
-        entered.set()
-        release.wait(20)
-        return real(rows)
-
-    runtime.run = held
-    return entered, release
-
-
 def test_queued_tokens_are_bounded_and_small_requests_still_get_in(start_server, bundles) -> None:
     """Budget 256: requests over 16 tokens are large and may fill 192 of it, the rest is kept for
     small requests."""
     server = start_server(max_queue_tokens=256, max_batch_size=64)
     scheduler = server.app.core.get_model("news").scheduler
-    entered, release = _hold_inference(server)
+    entered, release = hold_inference(server)
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.TextClassifierStub(channel)
         computing = stub.Classify.future(classify_request(["held"], "news"), timeout=30)
