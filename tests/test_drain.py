@@ -130,6 +130,12 @@ class Connectivity:
                                           timeout), f"the connection was never closed: {self.states}"
         return time.monotonic() - start
 
+    def wait_ready_count(self, count: int, timeout: float) -> bool:
+        """Whether the channel has been READY ``count`` times within ``timeout`` (gRPC reports a
+        state change from its own thread, possibly after the call that caused it returned)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.states.count(grpc.ChannelConnectivity.READY) >= count, timeout)
+
 
 @pytest.mark.parametrize("limit", ["age", "idle"])
 def test_connection_age_and_idle_limits_end_connections(bundles, start_server, limit) -> None:
@@ -165,7 +171,7 @@ def test_connection_age_and_idle_limits_end_connections(bundles, start_server, l
                 busy.join(10)
         assert seconds < 5, f"GOAWAY after {seconds:.1f} s"
         assert stub.Classify(classify_request(["the market"], "news"), timeout=10).version == 2  # reconnected
-        assert connectivity.states.count(grpc.ChannelConnectivity.READY) >= 2, connectivity.states
+        assert connectivity.wait_ready_count(2, timeout=5), connectivity.states  # a new connection
 
 
 def test_connection_limits_are_off_or_set_as_grpc_options(make_settings) -> None:
