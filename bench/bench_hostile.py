@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import multiprocessing
 import os
@@ -373,8 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     result["after_seconds"] = args.after_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    support.write_json(args.output, report)
     print(format_report(result))
     print(f"\nwrote {args.output}")
     return 0

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -113,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop()
     report = support.run_report("bench_overload.py", argv, started, load_start, bundle, args, server, result)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    support.write_json(args.output, report)
     print(format_table(result))
     print(f"\nwrote {args.output}")
     return 0

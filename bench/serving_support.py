@@ -95,6 +95,12 @@ def run_report(script: str, argv: list[str] | None, started: float, load_start: 
     }
 
 
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark's JSON report (the folder is created when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
 # ----------------------------------------------------------------------------- texts
 
 def bbc_corpus_texts() -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import statistics
@@ -178,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_command": server.command,
         **result,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    support.write_json(args.output, report)
     plot(report, args.plot)
     print(format_table(report))
     print(f"\nwrote {args.output} and {args.plot}")
