@@ -146,6 +146,3 @@ def check_onnx(path: str | Path) -> onnx.ModelProto:
     assert_named_dims(model)
     return model
 
-
-def recurrent_op_types(model: onnx.ModelProto) -> list[str]:
-    return sorted({n.op_type for n in model.graph.node})
