@@ -12,9 +12,10 @@ default model's configuration (full epochs, default max_len). All runs share one
 the training seed. ``select`` skips finished runs and continues interrupted ones from their ``last.pt``; several
 ``select`` processes with the same lists share the work (one per core).
 
-Decision rule (``final`` without ``--variant``): LSTM (the first ``lstm-*`` variant, the
-product's cell) stays the choice unless another variant's mean validation accuracy beats it
-by more than the seeds' spread (the larger of the two variants' max-min ranges over seeds).
+Decision rule (``final`` without ``--variant``; ``decide``): among LSTM variants (the product's
+cell) with 3+ seeds, the cheapest to train whose mean validation accuracy is within the seeds'
+spread of the best mean; another cell replaces it only if its mean beats it by more than the
+seeds' spread (the spread: the larger of the two variants' max-min ranges over seeds).
 Results: bench/results/train_cells.{json,md}; run folders under runs/bench_cells/<variant>/seed<N>.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -63,6 +65,12 @@ def variant_config(variant: str, seed: int, runs_dir: Path) -> TrainConfig:
     safe = variant.replace(":", "_").replace(",", "_").replace("=", "")
     return replace(TrainConfig(), **changes, seed=seed, progress=False,
                    run_dir=str(runs_dir / safe / f"seed{seed}"))
+
+
+def split_variants(text: str) -> list[str]:
+    """``lstm-bi,lstm-bi:pooling=max,max_len=256`` -> two variants: a comma starts a new variant
+    only where ``<cell>-`` follows (a variant's own overrides are comma-separated too)."""
+    return [v for v in re.split(r",(?=(?:lstm|gru|rnn)-)", text) if v]
 
 
 def cpu_seconds() -> float:
@@ -170,16 +178,34 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def decide(table: dict[str, dict[str, Any]], min_seeds: int = 3) -> tuple[str, str]:
-    """LSTM unless another variant (with >= ``min_seeds`` seeds) beats it on validation by more
-    than the seeds' spread. Only a challenger needs the seeds: without them LSTM stands."""
+    """The LSTM configuration, then the cell, both on validation only.
+
+    1. Among LSTM variants with >= ``min_seeds`` seeds: the best mean validation accuracy; then the
+       cheapest (mean CPU seconds of training) LSTM variant whose mean is within the seeds' spread
+       of that best (the larger of the two max-min ranges) - a difference the seeds cannot tell
+       apart does not buy a costlier model.
+    2. Another cell (with >= ``min_seeds`` seeds) replaces it only if its mean beats the chosen
+       LSTM's by more than the seeds' spread.
+    Without any LSTM variant of ``min_seeds`` seeds, the LSTM variant with the most seeds stands.
+    """
     lstm = [name for name in table if name.startswith("lstm-")]
     if not lstm:
         raise SystemExit("no lstm variant in the results")
-    # more seeds first (up to min_seeds): one lucky seed does not displace a measured variant
-    base = max(lstm, key=lambda name: (min(len(table[name]["seeds"]), min_seeds), table[name]["val_accuracy_mean"]))
-    choice, reason = base, f"{base}: the LSTM variant with the most seeds, then the best mean validation accuracy; no other cell beat it"
-    if len(table[base]["seeds"]) < min_seeds:
-        reason += f" (selection incomplete: {base} has {len(table[base]['seeds'])} of {min_seeds} seeds)"
+    complete = [name for name in lstm if len(table[name]["seeds"]) >= min_seeds]
+    if complete:
+        best = max(complete, key=lambda name: table[name]["val_accuracy_mean"])
+        close = [name for name in complete
+                 if table[best]["val_accuracy_mean"] - table[name]["val_accuracy_mean"]
+                 <= max(table[best]["val_accuracy_range"], table[name]["val_accuracy_range"])]
+        base = min(close, key=lambda name: (table[name]["cpu_seconds_mean"], -table[name]["val_accuracy_mean"]))
+        reason = (f"{base}: the cheapest LSTM variant ({table[base]['cpu_seconds_mean']:.0f} CPU s) within the seeds' "
+                  f"spread of the best mean validation accuracy ({best}: {table[best]['val_accuracy_mean']:.4f}; "
+                  f"{len(close)} of {len(complete)} LSTM variants with {min_seeds}+ seeds were that close)")
+    else:
+        base = max(lstm, key=lambda name: (len(table[name]["seeds"]), table[name]["val_accuracy_mean"]))
+        reason = (f"{base}: the LSTM variant with the most seeds (selection incomplete: "
+                  f"{len(table[base]['seeds'])} of {min_seeds} seeds)")
+    choice = base
     for name, row in table.items():
         if name.startswith("lstm-") or len(row["seeds"]) < min_seeds:
             continue
@@ -187,6 +213,8 @@ def decide(table: dict[str, dict[str, Any]], min_seeds: int = 3) -> tuple[str, s
         spread = max(row["val_accuracy_range"], table[base]["val_accuracy_range"])
         if margin > spread and row["val_accuracy_mean"] > table[choice]["val_accuracy_mean"]:
             choice, reason = name, f"{name} beats {base} by {margin:.4f} > seed spread {spread:.4f}"
+    if choice == base:
+        reason += "; no other cell beat it by more than the seeds' spread"
     return choice, reason
 
 
@@ -256,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.stage == "select":
-        results = select(args.variants.split(","), [int(s) for s in args.seeds.split(",")], args.out, args.runs_dir)
+        results = select(split_variants(args.variants), [int(s) for s in args.seeds.split(",")], args.out, args.runs_dir)
         print(markdown(results))
     else:
         final(args.variant, args.out)
