@@ -16,7 +16,7 @@ Reports legitimate p50/p99 without and with the attack, per hostile kind how lon
 to be answered and with which status, and the server's CPU, RSS and threads in each phase; checks
 the goals (legit p99 under attack <= 2x, every hostile request answered within 1 s, RSS within
 +100 MB 10 s after, no thread growth) and prints them. Asserts nothing (``--quick`` is run by
-tests/test_bench_hostile.py so it cannot rot).
+tests/bench/test_bench_hostile.py so it cannot rot).
 
     python bench/bench_hostile.py --repository models
     python bench/bench_hostile.py --quick --repository /tmp/tiny-models --texts-jsonl texts.jsonl

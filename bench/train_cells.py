@@ -107,7 +107,7 @@ def select(variants: list[str], seeds: list[int], out: Path, runs_dir: Path) -> 
             logger.info("=== %s -> %s ===", key, config.run_dir)
             cpu_start, wall_start = cpu_seconds(), time.perf_counter()
             # an interrupted run continues; so does a copy of a shorter run given more epochs
-            # (resume is bit-identical to an uninterrupted run: tests/test_training.py)
+            # (resume is bit-identical to an uninterrupted run: tests/training/test_training.py)
             partial = (Path(config.run_dir) / "last.pt").is_file()
             report = train(config, resume=partial, overrides=set(BUDGET), final_test=False)
             manifest = read_manifest(Path(config.run_dir) / "split" / "manifest.json")

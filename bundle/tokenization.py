@@ -15,7 +15,7 @@ NFKC expands a character at most 18-fold, so the normalised work is O(max_len) p
 whatever the text holds. A text whose first ``max_len`` tokens fit in the budget (its prefix up
 to the last ASCII whitespace within the budget holds more than ``max_len`` tokens, or it is
 within the budget) gets exactly the ids and the truncated flag of tokenizing it in full
-(tests/test_tokenizer.py::test_bounded_encoding_keeps_the_ids_of_texts_within_budget); any
+(tests/training/test_tokenizer.py::test_bounded_encoding_keeps_the_ids_of_texts_within_budget); any
 other text is classified from its prefix and flagged truncated.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A client in any language reproduces them with its own tokenizer binding and onnxruntime by
 following docs/CONTRACTS.md ("Using model.onnx from any onnxruntime");
 ``scripts/check_golden.py`` does it with nothing but ``tokenizers``, ``onnxruntime``, ``numpy``
-and ``json`` (tests/test_golden.py runs it in a fresh interpreter).
+and ``json`` (tests/export/test_golden.py runs it in a fresh interpreter).
 
 Every logit row is the model's answer to that text scored alone (a batch of one), so the file
 is exact for INT8 models too (their answers move with the batch; fp32 answers do not).

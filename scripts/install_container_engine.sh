@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The container engine the image tests (tests/test_deploy_containers.py) build and run with:
+# The container engine the image tests (tests/deploy/test_deploy_containers.py) build and run with:
 #   1. Debian's docker.io (dockerd + docker CLI 20.10), debootstrap and docker-compose;
 #   2. dockerd, started when none answers: no default bridge, no iptables (every test container
 #      runs with host networking on 127.0.0.1), log in ${TEXTCLF_DOCKERD_LOG};

@@ -3,7 +3,7 @@
 # prometheus + promtool (scraping, rule checks) and docker-compose (compose file validation,
 # no engine needed). Idempotent: does nothing when all of them are already on PATH.
 # Then scripts/install_container_engine.sh: docker.io + dockerd + the local base image for the
-# image tests (tests/test_deploy_containers.py), equally idempotent.
+# image tests (tests/deploy/test_deploy_containers.py), equally idempotent.
 # Non-interactive; needs root (or sudo without a password). Exit status 0 when every tool is
 # present afterwards, 1 otherwise (the tests then skip with this script's message).
 set -uo pipefail

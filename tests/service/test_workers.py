@@ -18,7 +18,7 @@ import pytest
 
 from client.client import TextclfClient
 from tests.service.conftest import metric, scrape, wait_until
-from tests.test_faults import FINAL_COUNTS, ServiceProcess
+from tests.service.test_faults import FINAL_COUNTS, ServiceProcess
 from textclf_protos.textclf.v1 import textclf_pb2, textclf_pb2_grpc
 
 STARTED = re.compile(r"worker (\d+) started: pid (\d+)")

@@ -1,4 +1,4 @@
-"""The container engine for the image tests (tests/test_deploy_containers.py).
+"""The container engine for the image tests (tests/deploy/test_deploy_containers.py).
 
 * ``require_engine``: a Docker engine that answers, with the local Debian base image; set up
   once per session by scripts/install_container_engine.sh (installs docker.io / debootstrap /

@@ -1,4 +1,4 @@
-"""Shared helpers of the deployment tests (tests/test_deploy_*.py).
+"""Shared helpers of the deployment tests (tests/deploy/test_deploy_*.py).
 
 * ``require_tools``: find nginx / prometheus / promtool / docker-compose, installing them with
   scripts/install_test_deps.sh (apt-get) once per session when missing; skip with the

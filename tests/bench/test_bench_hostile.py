@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support.onnx_bundle import make_onnx_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = "the bank market rates striker team phone chip final shares rose fell goal scored software".split()
 
 

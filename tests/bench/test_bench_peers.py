@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.onnx_bundle import make_onnx_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
 
 import agreement  # noqa: E402

@@ -50,7 +50,7 @@ from textclf_protos.inference import grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CLASSIFY, INFER = "textclf.v1.Classify", "kserve.ModelInfer"
 FINAL_COUNTS = re.compile(r"final request counts: (\{.*\})")
 SHUTTING_DOWN = "server is shutting down"
@@ -218,7 +218,7 @@ def test_sigterm_under_load_client_and_server_tallies_agree(bundles, repo_path) 
     drained = sum(1 for _api, start, end, code, _d in calls if start < sigterm_at < end and code == "OK")
     assert drained > 0, "calls in flight at SIGTERM must complete"
     for api in ("textclf.v1.ClassifyStream", "kserve.ModelStreamInfer"):
-        # open streams stop reading at the drain and end UNAVAILABLE (tests/test_drain.py); a
+        # open streams stop reading at the drain and end UNAVAILABLE (tests/service/test_drain.py); a
         # message read just before may still be refused in the stream
         assert client[(api, "UNAVAILABLE")] >= 1, f"{api}: the open stream must end UNAVAILABLE at SIGTERM"
     assert client[(CLASSIFY, "OK")] >= 20 and client[(INFER, "OK")] >= 20

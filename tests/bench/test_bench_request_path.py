@@ -13,7 +13,7 @@ from pathlib import Path
 from tests.support.bench_texts import write_texts_jsonl
 from tests.support.onnx_bundle import make_onnx_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_request_path_benchmark_reports_cpu_per_call_for_every_cell(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ from tests.support.deploy_env import (COMPOSE_FILE, REPO, compose_env, compose_s
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
 from tests.support.service_process import READY_LINE, free_port
 from tests.support.traffic import Traffic, wait_for
-from tests.test_deploy_topology import MODEL, TEXTS, nginx_failovers
+from tests.deploy.test_deploy_topology import MODEL, TEXTS, nginx_failovers
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class _MeasurementsReport:
     @staticmethod
     def pytest_terminal_summary(terminalreporter: Any) -> None:
         if MEASUREMENTS:
-            terminalreporter.write_sep("-", "deployment measurements (tests/test_deploy_containers.py)")
+            terminalreporter.write_sep("-", "deployment measurements (tests/deploy/test_deploy_containers.py)")
             for line in MEASUREMENTS:
                 terminalreporter.write_line(line)
 

@@ -16,7 +16,7 @@ import pytest
 from tests.support.bench_texts import write_texts_jsonl
 from tests.support.onnx_bundle import make_onnx_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_benchmark_run_reports_cells_ratios_and_floor(tmp_path: Path) -> None:

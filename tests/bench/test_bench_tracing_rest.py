@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.support.onnx_bundle import make_onnx_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quick_benchmark_of_tracing_and_rest_modes(tmp_path: Path) -> None:

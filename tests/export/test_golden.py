@@ -17,7 +17,7 @@ from bundle.store import BundleError, verify_bundle
 from bundle.tokenization import PAD_ID, UNK_ID
 from tests.support.tiny_models import make_tiny_bundle
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "check_golden.py"
 PROJECT_PACKAGES = {"bundle", "export", "training", "service", "client", "pipeline", "tests", "bench",
                     "textclf_protos", "textclf_cli", "scripts"}

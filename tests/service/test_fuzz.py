@@ -8,13 +8,13 @@ Properties, for both APIs:
   deadline with OK or a client-error code — never INTERNAL/UNKNOWN, never a hang — and still
   answers valid requests correctly afterwards; no error is logged and no INTERNAL is counted.
 
-tests/test_kserve_codec.py already fuzzes the TEXT tensor itself (raw bytes, shape, datatype,
+tests/service/api/test_kserve_codec.py already fuzzes the TEXT tensor itself (raw bytes, shape, datatype,
 name); here the KServe codec is fuzzed over what that leaves out: parameters of every kind,
 requested outputs and their parameters, several inputs, every ``contents`` field.
 
 Bounded by default (the file runs in well under 30 s on 2 cores). Longer runs:
 
-    TEXTCLF_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest -q tests/test_fuzz.py
+    TEXTCLF_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest -q tests/service/test_fuzz.py
 
 (each test runs 2 x TEXTCLF_FUZZ_EXAMPLES examples; default 60; about 6 minutes per 2500 on 2 cores).
 """
@@ -36,7 +36,7 @@ from service.core import InferenceCore
 from service.errors import InvalidArgument
 from service.settings import Settings
 from tests.service.conftest import scrape
-from tests.test_bad_input import (MAX_TEXT_BYTES, MAX_TEXTS, Stubs, _start, assert_still_serves,  # noqa: F401
+from tests.service.test_bad_input import (MAX_TEXT_BYTES, MAX_TEXTS, Stubs, _start, assert_still_serves,  # noqa: F401
                                   repo, text_request)
 from textclf_protos.inference import grpc_service_pb2 as kpb
 from textclf_protos.textclf.v1 import textclf_pb2 as pb

@@ -44,7 +44,7 @@ from tests.support.service_process import ServiceProcess
 from textclf_protos.inference import grpc_service_pb2 as kpb, grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-control-token-for-tests"
 AUTHORIZED = (("authorization", f"Bearer {TOKEN}"),)
 

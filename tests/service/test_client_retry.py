@@ -3,7 +3,7 @@
 A real server behind ``tests/support/reset_proxy.py``, which breaks the next call after its
 response headers went out (the call is committed, so gRPC's own retry policy never repeats it):
 with an RST_STREAM as nginx sends when a replica dies mid-response, or with a reset connection.
-The end-to-end version (nginx, a SIGKILLed replica) is tests/test_deploy_topology.py.
+The end-to-end version (nginx, a SIGKILLed replica) is tests/deploy/test_deploy_topology.py.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from client.client import RetryPolicy, TextclfClient
 from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
                                     start_server)
 from tests.support.reset_proxy import ResetProxy
-from tests.test_hardening import fail_next_batch
+from tests.service.test_hardening import fail_next_batch
 
 EXPECTED = {"rst_stream": (grpc.StatusCode.INTERNAL, "RST_STREAM"), "connection_reset": (grpc.StatusCode.UNAVAILABLE, "")}
 

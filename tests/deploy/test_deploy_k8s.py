@@ -7,7 +7,7 @@
   PATH) renders exactly the resources the kustomization lists, all in namespace ``textclf``,
   and the rendered objects validate as well.
 * The KServe ServingRuntime / InferenceService match the KServe CRD fields we use
-  (tests/data/kserve_crd_fields.schema.yaml, with its source), and the core/v1 Container and
+  (tests/deploy/data/kserve_crd_fields.schema.yaml, with its source), and the core/v1 Container and
   PodSpec parts KServe inlines validate against the Kubernetes schema.
 Each check is also run on a deliberately broken copy, which must fail.
 """
@@ -27,7 +27,7 @@ import yaml
 from tests.support.deploy_env import REPO
 
 K8S = REPO / "deploy" / "k8s"
-KSERVE_SCHEMA = REPO / "tests" / "data" / "kserve_crd_fields.schema.yaml"
+KSERVE_SCHEMA = REPO / "tests" / "deploy" / "data" / "kserve_crd_fields.schema.yaml"
 # The oldest Kubernetes the manifests target (docs/deployment.md) and the newest whose schemas
 # kubernetes-validate ships.
 OLDEST_TARGET = "1.29"

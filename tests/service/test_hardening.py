@@ -21,12 +21,12 @@ from service.settings import SettingsError, load_settings
 from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
                                     start_server, wait_until)
 from tests.support.onnx_bundle import make_onnx_bundle
-from tests.test_faults import external_data, truncated_onnx, wrong_sha
+from tests.service.test_faults import external_data, truncated_onnx, wrong_sha
 from textclf_protos.inference import grpc_service_pb2 as kpb
 from textclf_protos.inference import grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "s3cret-control-token-for-tests"
 AUTHORIZED = (("authorization", f"Bearer {TOKEN}"),)
 LOAD = "/inference.GRPCInferenceService/RepositoryModelLoad"

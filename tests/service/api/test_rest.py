@@ -24,7 +24,7 @@ from service.errors import InvalidArgument
 from service.settings import Settings
 from tests.service.conftest import ServerThread, bundles, metric, repo_path, scrape, wait_until, hold_inference  # noqa: F401 - fixtures
 from tests.service.test_workers import start_workers  # noqa: F401 - fixture
-from tests.test_kserve import TEXTS, repo  # noqa: F401 - the same texts and news v1/v2 bundles (fixture)
+from tests.service.api.test_kserve import TEXTS, repo  # noqa: F401 - the same texts and news v1/v2 bundles (fixture)
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
