@@ -40,12 +40,11 @@ from client.client import TextclfClient
 from service.healthcheck import check as health_check
 from tests.support.containers import (BASE_IMAGE, NGINX_IMAGE, SERVE_IMAGE, Engine, build_nginx_image,
                                       build_serve_image, require_engine)
-from tests.support.deploy_env import (COMPOSE_FILE, REPO, compose_env, compose_service, duration_seconds, env_of,
-                                      ok_requests)
+from tests.support.deploy_env import (COMPOSE_FILE, MODEL, REPO, TEXTS, compose_env, compose_service,
+                                      duration_seconds, env_of, nginx_failovers, ok_requests)
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
 from tests.support.service_process import READY_LINE, free_port
 from tests.support.traffic import Traffic, wait_for
-from tests.deploy.test_deploy_topology import MODEL, TEXTS, nginx_failovers
 
 logger = logging.getLogger(__name__)
 

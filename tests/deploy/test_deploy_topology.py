@@ -33,7 +33,8 @@ import pytest
 
 from client.client import TextclfClient, retry_service_config
 from service.healthcheck import check as health_check
-from tests.support.deploy_env import REPO, compose_service, env_of, ok_requests, require_tools
+from tests.support.deploy_env import (MODEL, REPO, TEXTS, compose_service, env_of, nginx_failovers, ok_requests,
+                                      require_tools)
 from tests.support.onnx_bundle import make_onnx_bundle
 from tests.support.service_process import free_port
 from tests.support.traffic import Traffic, wait_for
@@ -42,9 +43,6 @@ logger = logging.getLogger(__name__)
 
 pytestmark = pytest.mark.timeout(240)
 
-MODEL = "news"
-TEXTS = ["the market rallied as shares of the bank rose", "the striker scored twice",
-         "a new phone with a faster chip", "investors expect the central bank to raise rates"]
 START_TIMEOUT_S = 30.0
 TRAFFIC_THREADS = 4
 # The retry policy docs/deployment.md recommends behind a load balancer: UNAVAILABLE (replica
@@ -342,16 +340,3 @@ def test_sigkill_and_drain_lose_no_client_call(topology: Topology) -> None:
     # the dead replica really was tried mid-traffic: nginx re-sent calls to the live one
     assert failovers >= 1, "no call ever reached the killed replica; the kill proved nothing"
 
-
-def nginx_failovers(access_log: Path) -> tuple[int, int]:
-    """(calls nginx passed to a second replica, attempts nginx answered with a non-OK status)."""
-    failovers = non_ok = 0
-    for line in access_log.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.startswith("{"):
-            continue
-        entry = json.loads(line)
-        if "," in entry["upstream"]:
-            failovers += 1
-        if entry["status"] != 200 or entry["grpc_status"] not in ("0", ""):
-            non_ok += 1
-    return failovers, non_ok

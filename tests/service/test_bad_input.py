@@ -8,7 +8,8 @@ under the case's API and status code. A second table sends odd but valid texts (
 characters, right-to-left, combining marks, emoji) and metadata: they get normal answers.
 
 Model names that try to reach outside the repository carry a marker; a process-wide audit hook
-proves the server never opens, lists or creates a path containing it.
+proves the server never opens, lists or creates a path containing it. The server, its stubs and
+the "still serves" check are tests/support/bad_input_server.py (shared with test_fuzz.py).
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -24,26 +24,14 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from service.settings import Settings
-from tests.service.conftest import ServerThread, scrape
-from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
+from tests.support.bad_input_server import (AUTHORIZED, DEADLINE, MARKER, MAX_TEXT_BYTES, MAX_TEXTS, Stubs,
+                                            assert_still_serves, repo, start_stubs, text_request)  # noqa: F401 - repo
+from tests.support.metrics import scrape
 from textclf_protos.inference import grpc_service_pb2 as kpb
-from textclf_protos.inference import grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
-from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
-MAX_TEXTS = 8
-MAX_TEXT_BYTES = 1024
 SMALL_RECEIVE_LIMIT = 4096
 MAX_MESSAGE_CHARS = 300  # no error message may be longer (a 1 MB name must not come back)
-MARKER = "zzqmarker"  # in every path-like model name; the audit hook looks for it
-DEADLINE = 10.0
-# repository control needs a bearer token where the server supports one (service/auth.py)
-CONTROL_TOKEN = "bad-input-tests-control-token"
-CONTROL = {"repository_control": True}
-if "control_token" in Settings.__dataclass_fields__:
-    CONTROL["control_token"] = CONTROL_TOKEN
-AUTHORIZED = [("authorization", f"Bearer {CONTROL_TOKEN}")]
 OK = grpc.StatusCode.OK
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -80,55 +68,16 @@ class _FsWatch:
 
 # ------------------------------------------------------------------ servers and stubs
 
-@dataclass
-class Stubs:
-    server: ServerThread
-    channel: grpc.Channel
-    textclf: pb_grpc.TextClassifierStub
-    kserve: kpb_grpc.GRPCInferenceServiceStub
-    triton: triton.InferenceServerClient
-    bundle: TinyBundle
-
-    def raw(self, method: str) -> Callable[..., bytes]:
-        """A unary caller that sends ``bytes`` as they are (no client-side serialization)."""
-        return self.channel.unary_unary(method)
-
-
-def _start(root: Path, bundle: TinyBundle, **overrides) -> Iterator[Stubs]:
-    values = dict(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, model_repository=str(root),
-                  providers="cpu", grace_period=1.0, intra_op_threads=1, max_queue_delay_ms=0.0,
-                  max_texts_per_request=MAX_TEXTS, max_text_bytes=MAX_TEXT_BYTES, **CONTROL)
-    values.update(overrides)
-    server = ServerThread(Settings(**values).validate()).start()
-    try:
-        with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20),
-                                                            ("grpc.enable_retries", 0)]) as channel, \
-                triton.InferenceServerClient(server.address) as tc:
-            yield Stubs(server, channel, pb_grpc.TextClassifierStub(channel),
-                        kpb_grpc.GRPCInferenceServiceStub(channel), tc, bundle)
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TinyBundle]:
-    base = tmp_path_factory.mktemp("bad-input")
-    root = base / "models"
-    # a decoy next to the repository: a traversal that worked would find a model here
-    make_onnx_bundle(base / f"{MARKER}-outside", name="news", version=1, seed=5)
-    return root, make_onnx_bundle(root, name="news", version=1, seed=1)
-
-
 @pytest.fixture(scope="module")
 def main_server(repo) -> Iterator[Stubs]:
     _FsWatch.install()
-    yield from _start(*repo)
+    yield from start_stubs(*repo)
 
 
 @pytest.fixture(scope="module")
 def small_server(repo) -> Iterator[Stubs]:
     """A server whose receive limit (max_receive_message_bytes) is tiny."""
-    yield from _start(*repo, max_receive_message_bytes=SMALL_RECEIVE_LIMIT)
+    yield from start_stubs(*repo, max_receive_message_bytes=SMALL_RECEIVE_LIMIT)
 
 
 # ------------------------------------------------------------------ request builders
@@ -151,10 +100,6 @@ def _unary(send: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     except grpc.RpcError as exc:
         return exc.code(), exc.details() or ""
     return OK, ""
-
-
-def text_request(texts: list[str], **fields) -> pb.ClassifyRequest:
-    return pb.ClassifyRequest(model=fields.pop("model", "news"), texts=texts, **fields)
 
 
 def infer_request(texts: list[bytes] | None = None, *, raw: bytes | None = None, shape: list[int] | None = None,
@@ -416,20 +361,6 @@ def _requests_by_code(samples: dict, api: str) -> dict[str, float]:
 def _delta(before: dict, after: dict, api: str) -> dict[str, float]:
     old, new = _requests_by_code(before, api), _requests_by_code(after, api)
     return {code: new.get(code, 0.0) - old.get(code, 0.0) for code in new if new.get(code, 0.0) != old.get(code, 0.0)}
-
-
-def assert_still_serves(s: Stubs) -> None:
-    """Both APIs still answer a valid request, with the reference probabilities."""
-    texts = ["the striker scored twice", "shares of the bank rose"]
-    expected = s.bundle.expected_probabilities(texts)
-    answer = s.textclf.Classify(text_request(texts, top_k=3), timeout=DEADLINE)
-    served = np.array([[dict((t.label, t.probability) for t in p.top)[label] for label in s.bundle.labels]
-                       for p in answer.predictions], dtype=np.float32)
-    np.testing.assert_allclose(served, expected, atol=1e-5)
-    text = triton.InferInput("TEXT", [2], "BYTES")
-    text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
-    result = s.triton.infer("news", [text])
-    np.testing.assert_allclose(result.as_numpy("PROBABILITIES"), expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

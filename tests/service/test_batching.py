@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from client.client import TextclfClient, classify_request
-from tests.service.conftest import SHORT, TEXTS, metric, scrape, wait_until
+from tests.support.metrics import metric, scrape, wait_until
+from tests.support.texts import SHORT, TEXTS
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
 V2 = {"model": "news", "version": "2"}

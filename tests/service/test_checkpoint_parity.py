@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from client.client import TextclfClient  # noqa: E402
-from tests.service.conftest import metric, scrape  # noqa: E402
+from tests.support.metrics import metric, scrape  # noqa: E402
 from tests.support.tiny_models import make_tiny_bundle  # noqa: E402
 from training.checkpoint import load_checkpoint  # noqa: E402
 from training.data import load_split  # noqa: E402

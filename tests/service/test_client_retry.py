@@ -13,8 +13,7 @@ import grpc
 import pytest
 
 from client.client import RetryPolicy, TextclfClient
-from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
-                                    start_server)
+from tests.support.metrics import metric, scrape
 from tests.support.reset_proxy import ResetProxy
 from tests.service.test_hardening import fail_next_batch
 

@@ -25,8 +25,7 @@ import tritonclient.grpc as triton
 
 from client.client import TextclfClient, classify_request
 from service.api.boundary import STREAM_DRAINED
-from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
-                                    start_server, wait_until)
+from tests.support.metrics import metric, scrape, wait_until
 from tests.support.service_process import ServiceProcess
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc

@@ -41,8 +41,7 @@ import pytest
 from bundle.card import MODEL_FILE, TOKENIZER_FILE, ModelCard, default_outputs
 from bundle.store import publish_bundle, sha256_file, write_card
 from client.client import classify_request
-from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
-                                    start_server, wait_until)
+from tests.support.metrics import metric, scrape, wait_until
 from tests.support.onnx_bundle import make_onnx_bundle
 from tests.support.service_process import ServiceProcess, free_port
 from textclf_protos.inference import grpc_service_pb2 as kpb

@@ -35,9 +35,9 @@ from service.api.boundary import UndecodableRequest, lenient_deserializer
 from service.core import InferenceCore
 from service.errors import InvalidArgument
 from service.settings import Settings
-from tests.service.conftest import scrape
-from tests.service.test_bad_input import (MAX_TEXT_BYTES, MAX_TEXTS, Stubs, _start, assert_still_serves,  # noqa: F401
-                                  repo, text_request)
+from tests.support.bad_input_server import (MAX_TEXT_BYTES, MAX_TEXTS, Stubs, assert_still_serves,  # noqa: F401
+                                            repo, start_stubs)
+from tests.support.metrics import scrape
 from textclf_protos.inference import grpc_service_pb2 as kpb
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 
@@ -263,7 +263,7 @@ def live(repo) -> Iterator[Stubs]:
     for logger in watched:
         logger.addHandler(errors)
     try:
-        for stubs in _start(*repo):
+        for stubs in start_stubs(*repo):
             yield stubs
             assert_still_serves(stubs)
             codes = {dict(labels)["code"] for (name, labels), _ in scrape(stubs.server.metrics_url).items()

@@ -18,8 +18,7 @@ import pytest
 
 from client.client import classify_request
 from service.settings import SettingsError, load_settings
-from tests.service.conftest import (bundles, make_settings, metric, repo_path, scrape,  # noqa: F401 - fixtures
-                                    start_server, wait_until)
+from tests.support.metrics import metric, scrape, wait_until
 from tests.support.onnx_bundle import make_onnx_bundle
 from tests.service.test_faults import external_data, truncated_onnx, wrong_sha
 from textclf_protos.inference import grpc_service_pb2 as kpb

@@ -76,7 +76,7 @@ def test_tokenizer_backlog_is_bounded_and_refused_at_once(start_server, bundles)
     and the held request is answered once the thread goes on."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.service.conftest import hold_pool_tokenizer
+    from tests.support.hooks import hold_pool_tokenizer
 
     server = start_server(tokenize_max_backlog_texts=4)
     entered, release = hold_pool_tokenizer(server.app.core.get_model("news").runtime.encoder)

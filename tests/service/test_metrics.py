@@ -7,7 +7,8 @@ import grpc
 import pytest
 
 from client.client import TextclfClient
-from tests.service.conftest import TEXTS, metric, scrape
+from tests.support.metrics import metric, scrape
+from tests.support.texts import TEXTS
 
 
 def test_metrics_move_with_traffic(start_server, bundles) -> None:

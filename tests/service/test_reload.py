@@ -12,7 +12,7 @@ from bundle.card import MODEL_FILE, ModelCard
 from bundle.store import sha256_file, write_card
 from client.client import TextclfClient
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
-from tests.service.conftest import metric, scrape, wait_until
+from tests.support.metrics import metric, scrape, wait_until
 from tests.support.onnx_bundle import make_onnx_bundle
 
 CONTROL = {"repository_control": True, "control_token": "reload-tests-control-token"}

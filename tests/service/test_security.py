@@ -38,8 +38,9 @@ from client.client import TextclfClient
 from service import __main__ as service_main
 from service import healthcheck
 from service.settings import Settings, SettingsError, load_settings
-from tests.service.conftest import ServerThread, metric, scrape
+from tests.support.metrics import metric, scrape
 from tests.support.onnx_bundle import make_onnx_bundle
+from tests.support.server_thread import ServerThread
 from tests.support.service_process import ServiceProcess
 from textclf_protos.inference import grpc_service_pb2 as kpb, grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc

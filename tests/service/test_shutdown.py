@@ -11,7 +11,7 @@ import grpc
 
 from client.client import classify_request
 from service import healthcheck
-from tests.service.conftest import metric, scrape, wait_until
+from tests.support.metrics import metric, scrape, wait_until
 from tests.support.service_process import ServiceProcess
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 

@@ -10,7 +10,8 @@ import grpc
 import pytest
 
 from client.client import classify_request
-from tests.service.conftest import hold_inference, hold_pool_tokenizer, metric, scrape, wait_until
+from tests.support.hooks import hold_inference, hold_pool_tokenizer
+from tests.support.metrics import metric, scrape, wait_until
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
 V2 = {"model": "news", "version": "2"}

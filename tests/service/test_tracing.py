@@ -19,8 +19,8 @@ import tritonclient.grpc as triton
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from tests.service.conftest import ServerThread
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
+from tests.support.server_thread import ServerThread
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 
@@ -185,7 +185,7 @@ def test_tracing_off_imports_no_opentelemetry(bundle: TinyBundle) -> None:
         import sys
         import grpc
         from service.settings import Settings
-        from tests.service.conftest import ServerThread
+        from tests.support.server_thread import ServerThread
         from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
         settings = Settings(host="127.0.0.1", port=0, metrics_port=0, rest_host="127.0.0.1", rest_port=0,
                             model_repository={str(bundle.path.parents[1])!r}, providers="cpu").validate()

@@ -10,57 +10,14 @@ import json
 import os
 import re
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
-import pytest
 
 from client.client import TextclfClient
-from tests.service.conftest import metric, scrape, wait_until
-from tests.service.test_faults import FINAL_COUNTS, ServiceProcess
+from tests.support.metrics import metric, scrape, wait_until
+from tests.support.service_process import FINAL_COUNTS
+from tests.support.workers import Workers, alive, start_workers  # noqa: F401 - start_workers is a fixture
 from textclf_protos.textclf.v1 import textclf_pb2, textclf_pb2_grpc
-
-STARTED = re.compile(r"worker (\d+) started: pid (\d+)")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-class Workers(ServiceProcess):
-    def worker_pids(self) -> dict[int, int]:
-        """Latest pid of each worker index, from the supervisor's log."""
-        return {int(m.group(1)): int(m.group(2)) for m in STARTED.finditer(self.log)}
-
-    def all_pids(self) -> set[int]:
-        return {int(m.group(2)) for m in STARTED.finditer(self.log)}
-
-    def worker_counts(self) -> dict[str, float]:
-        samples = scrape(self.metrics_url)
-        return {dict(labels)["worker"]: value for (name, labels), value in samples.items()
-                if name == "textclf_worker_requests_total"}
-
-
-@pytest.fixture
-def start_workers(repo_path: Path) -> Iterator:
-    started: list[Workers] = []
-
-    def start(*extra: str) -> Workers:
-        process = Workers(repo_path, "--workers", "2", "--grace-period", "5", *extra)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-        for pid in process.all_pids():  # never leave a worker behind
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
 def _channel(address: str) -> grpc.Channel:
@@ -126,7 +83,7 @@ def test_sigterm_drains_every_worker_without_losing_an_admitted_call(bundles, st
     final = server.wait_line(FINAL_COUNTS)
     assert json.loads(final.group(1)) == {"textclf.v1.Classify": {"OK": int(probes) + 8}}
     assert server.log.count("request counts of this worker") == 2
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(alive(pid) for pid in pids.values())
     for channel in channels.values():
         channel.close()
 
@@ -137,7 +94,7 @@ def test_a_killed_worker_is_replaced(bundles, start_workers) -> None:
     os.kill(old[0], signal.SIGKILL)
     replaced = server.wait_line(re.compile(rf"worker 0 ready: pid (\d+)"))
     new_pid = int(replaced.group(1))
-    assert new_pid != old[0] and _alive(new_pid) and _alive(old[1])
+    assert new_pid != old[0] and alive(new_pid) and alive(old[1])
     assert "worker 0 (pid %d) exited unexpectedly" % old[0] in server.log
     channels = channels_per_worker(server)  # both slots serve again
     for channel in channels.values():

@@ -6,10 +6,13 @@
 * ``compose_config``: docker-compose.yml as docker-compose resolves it (anchors, merges,
   ``${VAR:-default}`` interpolation with defaults only), so every cross-check reads the values
   an operator would get.
+* ``MODEL``, ``TEXTS``: the model and the texts the traffic through nginx sends;
+  ``nginx_failovers``: what nginx's access log says about re-sent and non-OK calls.
 """
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import re
@@ -28,6 +31,9 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 INSTALL_SCRIPT = REPO / "scripts" / "install_test_deps.sh"
+MODEL = "news"
+TEXTS = ["the market rallied as shares of the bank rose", "the striker scored twice",
+         "a new phone with a faster chip", "investors expect the central bank to raise rates"]
 # Debian puts nginx in /usr/sbin, which a non-root PATH may lack.
 _EXTRA_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
 
@@ -121,3 +127,17 @@ def ok_requests(metrics_port: int) -> float:
             total += sum(s.value for s in family.samples
                          if s.name == "textclf_requests_total" and s.labels.get("code") == "OK")
     return total
+
+
+def nginx_failovers(access_log: Path) -> tuple[int, int]:
+    """(calls nginx passed to a second replica, attempts nginx answered with a non-OK status)."""
+    failovers = non_ok = 0
+    for line in access_log.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if "," in entry["upstream"]:
+            failovers += 1
+        if entry["status"] != 200 or entry["grpc_status"] not in ("0", ""):
+            non_ok += 1
+    return failovers, non_ok

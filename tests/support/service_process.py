@@ -13,6 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_LINE = re.compile(r"serving gRPC on [^:]+:(\d+); metrics http://[^:]+:(\d+)/metrics")
+# logged by ``python -m service`` after the drain: {api: {code: n}} as JSON
+FINAL_COUNTS = re.compile(r"final request counts: (\{.*\})")
 
 
 def free_port() -> int:

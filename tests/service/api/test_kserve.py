@@ -1,8 +1,8 @@
 """KServe v2 API end to end: a real server on 127.0.0.1 (port 0), the real tritonclient.grpc.
 
 The server runs on its own event loop in a background thread (``ServerThread`` of
-tests/service/conftest.py; tritonclient is a blocking client); models are tiny torch-free ONNX
-bundles (tests/support/onnx_bundle.py).
+tests/support/server_thread.py; tritonclient is a blocking client); models are tiny torch-free
+ONNX bundles (tests/support/onnx_bundle.py, the repository in tests/support/kserve_repo.py).
 """
 from __future__ import annotations
 
@@ -18,25 +18,14 @@ from google.protobuf import descriptor_pb2
 from tritonclient.utils import InferenceServerException
 
 from service.settings import Settings
-from tests.service.conftest import ServerThread
-from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
+from tests.support.kserve_repo import TEXTS, repo  # noqa: F401 - repo is a fixture
+from tests.support.onnx_bundle import make_onnx_bundle
+from tests.support.server_thread import ServerThread
 from textclf_protos.inference import grpc_service_pb2 as pb, grpc_service_pb2_grpc
 from textclf_protos.textclf.v1 import textclf_pb2, textclf_pb2_grpc
 
 CONTROL_TOKEN = "kserve-tests-control-token"
 AUTHORIZED = {"authorization": f"Bearer {CONTROL_TOKEN}"}
-TEXTS = ["shares of the bank rose as the market rallied", "the striker scored twice", "",
-         "a new phone with a faster chip 🙂", "ünïcödé and \u202eright-to-left"]
-
-
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TinyBundle]:
-    root = tmp_path_factory.mktemp("models")
-    return {"news/1": make_onnx_bundle(root, name="news", version=1, seed=1),
-            "news/2": make_onnx_bundle(root, name="news", version=2, seed=2),
-            "root": root}  # type: ignore[dict-item]
-
-
 @pytest.fixture(scope="module")
 def server(repo) -> Iterator[ServerThread]:
     settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, model_repository=str(repo["root"]),

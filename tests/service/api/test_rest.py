@@ -22,9 +22,11 @@ from tritonclient.utils import InferenceServerException
 from service.api import kserve_codec, rest
 from service.errors import InvalidArgument
 from service.settings import Settings
-from tests.service.conftest import ServerThread, bundles, metric, repo_path, scrape, wait_until, hold_inference  # noqa: F401 - fixtures
-from tests.service.test_workers import start_workers  # noqa: F401 - fixture
-from tests.service.api.test_kserve import TEXTS, repo  # noqa: F401 - the same texts and news v1/v2 bundles (fixture)
+from tests.support.hooks import hold_inference
+from tests.support.kserve_repo import TEXTS, repo  # noqa: F401 - the KServe tests' texts and news v1/v2 (fixture)
+from tests.support.metrics import metric, scrape, wait_until
+from tests.support.server_thread import ServerThread
+from tests.support.workers import start_workers  # noqa: F401 - fixture
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 

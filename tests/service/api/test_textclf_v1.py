@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from client.client import TextclfClient, classify_request
-from tests.service.conftest import TEXTS, metric, scrape
+from tests.support.metrics import metric, scrape
+from tests.support.texts import TEXTS
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 

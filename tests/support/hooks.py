@@ -1,0 +1,38 @@
+"""Hooks that make unlucky timing deterministic in an in-process server (``ServerThread``): hold
+a blocking call until the test releases it, or make one call fail."""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+def hold_inference(server: Any, model: str = "news") -> tuple[threading.Event, threading.Event]:
+    """Hook on the default version's ``runtime.run``: a batch taken to compute sets ``entered``
+    and waits for ``release`` (its texts no longer count as queued)."""
+    runtime = server.app.core.get_model(model).runtime
+    entered, release = threading.Event(), threading.Event()
+    real = runtime.run
+
+    def held(rows):
+        entered.set()
+        release.wait(20)
+        return real(rows)
+
+    runtime.run = held
+    return entered, release
+
+
+def hold_pool_tokenizer(encoder: Any) -> tuple[threading.Event, threading.Event]:
+    """Hook on a loaded version's real encoder: a call from a tokenizer-pool thread sets
+    ``entered`` and waits for ``release`` (texts tokenized on the event loop pass)."""
+    entered, release = threading.Event(), threading.Event()
+    real = encoder.token_ids
+
+    def held(texts):
+        if threading.current_thread().name.startswith("tokenize"):
+            entered.set()
+            release.wait(20)
+        return real(texts)
+
+    encoder.token_ids = held
+    return entered, release
