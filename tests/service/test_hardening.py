@@ -20,7 +20,7 @@ from client.client import classify_request
 from service.settings import SettingsError, load_settings
 from tests.support.metrics import metric, scrape, wait_until
 from tests.support.onnx_bundle import make_onnx_bundle
-from tests.service.test_faults import external_data, truncated_onnx, wrong_sha
+from tests.service.test_faults_signals import external_data, truncated_onnx, wrong_sha
 from textclf_protos.inference import grpc_service_pb2 as kpb
 from textclf_protos.inference import grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
