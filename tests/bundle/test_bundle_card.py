@@ -1,6 +1,7 @@
 """The bundle card schema, the answers digest, the hashed-file list and the external-data scan
 (issue 9, item 3), at the bundle level; the service side (refused, logged, counted, the old
-version serves) is tests/service/test_faults_signals.py::test_bad_bundle_is_refused_logged_counted_and_the_old_version_serves.
+version serves) is
+tests/service/test_faults_bad_bundles.py::test_bad_bundle_is_refused_logged_counted_and_the_old_version_serves.
 """
 from __future__ import annotations
 

@@ -110,7 +110,8 @@ def test_batching_off_deadline_and_full_queue(start_server, bundles) -> None:
     server = start_server(batching=False, max_queue_size=2, max_texts_per_request=2)
     with TextclfClient(server.address, retry=False) as client:
         # settings keep max_texts_per_request <= max_queue_size, so one request alone never fills the
-        # queue; a full queue with batching off: tests/service/test_hardening.py (a running call holds it)
+        # queue; a full queue with batching off: tests/service/test_faults_batching.py (a running call
+        # holds it)
         with pytest.raises(grpc.RpcError) as info:
             client.classify(["a", "b", "c"], "news")
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

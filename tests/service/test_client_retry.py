@@ -13,9 +13,9 @@ import grpc
 import pytest
 
 from client.client import RetryPolicy, TextclfClient
+from tests.support.hooks import fail_next_batch
 from tests.support.metrics import metric, scrape
 from tests.support.reset_proxy import ResetProxy
-from tests.service.test_hardening import fail_next_batch
 
 EXPECTED = {"rst_stream": (grpc.StatusCode.INTERNAL, "RST_STREAM"), "connection_reset": (grpc.StatusCode.UNAVAILABLE, "")}
 

@@ -23,6 +23,8 @@ from tests.support.server_thread import ServerThread
 from textclf_protos.inference import grpc_service_pb2 as kpb, grpc_service_pb2_grpc as kpb_grpc
 from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
 
+LOAD = "/inference.GRPCInferenceService/RepositoryModelLoad"
+
 
 def test_control_is_off_by_default_and_answers_unimplemented(start) -> None:
     defaults = load_settings([], environ={})
@@ -158,3 +160,23 @@ def test_control_reaches_only_bundles_inside_the_repository(start, tmp_path: Pat
             assert "resolves outside the model repository" in info.value.message()
         assert not kserve.is_model_ready("evil") and kserve.is_model_ready("news", "1")
         assert not kserve.is_model_ready("news", "2")
+
+
+@pytest.mark.parametrize(("control", "metadata", "code"), [
+    (False, AUTHORIZED, grpc.StatusCode.UNIMPLEMENTED),
+    (True, (), grpc.StatusCode.UNAUTHENTICATED),
+    (True, (("authorization", "Bearer " + "x" * len(TOKEN)),), grpc.StatusCode.PERMISSION_DENIED),
+    (True, AUTHORIZED, grpc.StatusCode.INVALID_ARGUMENT),  # only now are the bytes parsed
+], ids=["control-off", "no-token", "wrong-token", "right-token"])
+def test_control_rpcs_check_the_token_before_parsing_the_request(bundles, start_server, control, metadata,
+                                                                 code) -> None:
+    server = start_server(repository_control=control, control_token=TOKEN if control else "")
+    garbage = b"\xff\xff\xff\xff not a protobuf message"
+    with grpc.insecure_channel(server.address) as channel:
+        for method in (LOAD, LOAD.replace("Load", "Unload")):
+            raw = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+            with pytest.raises(grpc.RpcError) as info:
+                raw(garbage, metadata=metadata, timeout=10)
+            assert info.value.code() == code, (method, info.value)
+    samples = scrape(server.metrics_url)
+    assert metric(samples, "textclf_requests_total", api="kserve.RepositoryModelLoad", code=code.name) == 1

@@ -1,9 +1,15 @@
 """Settings: defaults, YAML < env < flags, and clear validation errors."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from service.settings import Settings, SettingsError, load_settings, settings_table
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -61,3 +67,14 @@ def test_docs_settings_table_is_current(document: str) -> None:
     docs = (Path(__file__).resolve().parents[2] / document).read_text(encoding="utf-8")
     for env, flag, default, meaning in settings_table():
         assert f"| `{env}` | `{flag}` | `{default}` | {meaning} |" in docs, f"{document}: update the row of {env}"
+
+
+def test_settings_refuse_more_texts_per_request_than_the_queue_holds() -> None:
+    with pytest.raises(SettingsError, match="max_texts_per_request=10: must be <= max_queue_size=5"):
+        load_settings(["--max-texts-per-request", "10", "--max-queue-size", "5"], environ={})
+    result = subprocess.run([sys.executable, "-m", "service", "--max-texts-per-request", "10", "--max-queue-size", "5"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2, result.stderr
+    problems = [line for line in result.stderr.splitlines() if line.startswith("  ")]
+    assert len(problems) == 1 and "max_texts_per_request=10: must be <= max_queue_size=5" in problems[0], result.stderr
+    load_settings(["--max-texts-per-request", "5", "--max-queue-size", "5"], environ={})  # equal is fine

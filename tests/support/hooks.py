@@ -1,5 +1,5 @@
 """Hooks that make unlucky timing deterministic in an in-process server (``ServerThread``): hold
-a blocking call until the test releases it, or make one call fail."""
+a blocking call until the test releases it, or make the batcher fail once."""
 from __future__ import annotations
 
 import threading
@@ -36,3 +36,32 @@ def hold_pool_tokenizer(encoder: Any) -> tuple[threading.Event, threading.Event]
 
     encoder.token_ids = held
     return entered, release
+
+
+def gate(target: object, name: str) -> tuple[threading.Event, threading.Event]:
+    """Replace ``target.name`` (a blocking call run in a worker thread) with one that signals
+    ``entered`` and then waits for ``release``."""
+    original = getattr(target, name)
+    entered, release = threading.Event(), threading.Event()
+
+    def gated(*args, **kwargs):
+        entered.set()
+        assert release.wait(30), "test never released the gate"
+        return original(*args, **kwargs)
+
+    setattr(target, name, gated)
+    return entered, release
+
+
+
+def fail_next_batch(scheduler) -> None:
+    """Make the batcher loop of ``scheduler`` (a DynamicBatcher) raise once, deterministically."""
+    original = scheduler._take_batch
+    failures = [RuntimeError("injected batcher failure")]
+
+    def take_batch_failing_once():
+        if failures:
+            raise failures.pop()
+        return original()
+
+    scheduler._take_batch = take_batch_failing_once
