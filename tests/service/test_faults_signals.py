@@ -171,8 +171,8 @@ def test_sigterm_under_load_client_and_server_tallies_agree(bundles, repo_path) 
     drained = sum(1 for _api, start, end, code, _d in calls if start < sigterm_at < end and code == "OK")
     assert drained > 0, "calls in flight at SIGTERM must complete"
     for api in ("textclf.v1.ClassifyStream", "kserve.ModelStreamInfer"):
-        # open streams stop reading at the drain and end UNAVAILABLE (tests/service/test_drain.py); a
-        # message read just before may still be refused in the stream
+        # open streams stop reading at the drain and end UNAVAILABLE (tests/service/test_drain.py);
+        # a message read just before may still be refused in the stream
         assert client[(api, "UNAVAILABLE")] >= 1, f"{api}: the open stream must end UNAVAILABLE at SIGTERM"
     assert client[(CLASSIFY, "OK")] >= 20 and client[(INFER, "OK")] >= 20
 

@@ -8,9 +8,9 @@ Properties, for both APIs:
   deadline with OK or a client-error code — never INTERNAL/UNKNOWN, never a hang — and still
   answers valid requests correctly afterwards; no error is logged and no INTERNAL is counted.
 
-tests/service/api/test_kserve_codec.py already fuzzes the TEXT tensor itself (raw bytes, shape, datatype,
-name); here the KServe codec is fuzzed over what that leaves out: parameters of every kind,
-requested outputs and their parameters, several inputs, every ``contents`` field.
+tests/service/api/test_kserve_codec.py already fuzzes the TEXT tensor itself (raw bytes, shape,
+datatype, name); here the KServe codec is fuzzed over what that leaves out: parameters of every
+kind, requested outputs and their parameters, several inputs, every ``contents`` field.
 
 Bounded by default (the file runs in well under 30 s on 2 cores). Longer runs:
 

@@ -1,5 +1,5 @@
 """KServe v2 codec (service/api/kserve_codec.py) and wire compatibility of our .proto with the
-descriptors compiled into the real tritonclient. No server here: see tests/service/api/test_kserve.py."""
+descriptors compiled into the real tritonclient. No server here: see test_kserve.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
