@@ -129,7 +129,7 @@ def _settings(root: Path, **overrides: Any) -> Settings:
                                   model_repository=str(root), providers="cpu", grace_period=1.0,
                                   intra_op_threads=1, max_queue_delay_ms=0.0)
     values.update(overrides)
-    return Settings(**values).validate()
+    return Settings(**values)
 
 
 @pytest.fixture(scope="module")
@@ -560,7 +560,7 @@ def test_checkpoints_with_arbitrary_pickled_objects_are_refused(tmp_path: Path) 
 
 def test_security_doc_names_real_settings() -> None:
     doc = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
-    fields = Settings.__dataclass_fields__
+    fields = Settings.model_fields
     for name in ("tls_cert", "tls_key", "tls_client_ca", "repository_control", "control_token", "control_token_file",
                  "host", "metrics_host", "metrics_port", "log_request_texts", "log_level"):
         assert name in fields and f"`{name}" in doc, name
