@@ -1,19 +1,33 @@
-"""Service settings: one dataclass, built once in ``main()`` and passed down.
+"""Service settings: one frozen pydantic-settings model, built once in ``main()`` and passed down.
 
 Sources, lowest precedence first: defaults < YAML file (``--config`` / ``TEXTCLF_CONFIG``) <
-environment (``TEXTCLF_<NAME>``) < command-line flags (``--<name-with-dashes>``). Every field is
-validated in ``Settings.validate`` with a message naming the setting and where it came from.
-Nothing is parsed at import time.
+environment (``TEXTCLF_<NAME>``) < command-line flags (``--<name-with-dashes>``; booleans
+``--<name>`` / ``--no-<name>``). ``load_settings`` reads them with pydantic-settings' sources (YAML
+file, environment, CLI) and lets pydantic-settings merge them; ``Settings(...)`` on its own reads
+nothing but its arguments (tests and embedding code get the defaults plus what they pass, whatever
+the process environment holds). Construction validates: field types, then the cross-field rules of
+``Settings._problems``; any failure raises ``SettingsError`` with one line per bad setting, naming
+the setting and, from ``load_settings``, where its value came from (``config file F``,
+``env TEXTCLF_X``, ``flag --x``). Nothing is parsed at import time.
+
+Three hooks of pydantic-settings beyond its documented surface are used, hence its exact pin in
+pyproject.toml (tests/service/test_settings.py covers each): ``EnvSettingsSource._load_env_vars``
+(the environment comes from ``load_settings``' ``environ``), ``CliSettingsSource``'s
+``_env_settings_source`` (``--help`` names TEXTCLF_X) and ``BaseSettings``' ``_build_sources`` (our
+sources instead of ``settings_customise_sources``', which are only the arguments).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+import stat
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import (BaseSettings, CliSettingsSource, EnvSettingsSource, PydanticBaseSettingsSource,
+                               SettingsConfigDict, YamlConfigSettingsSource)
 
 ENV_PREFIX = "TEXTCLF_"
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -25,12 +39,25 @@ class SettingsError(ValueError):
     """A setting is missing, malformed or out of range; the message says which and why."""
 
 
+class _Problems(ValueError):
+    """Raised by the cross-field check with (setting, message) pairs; ``Settings`` turns it into a SettingsError."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
 def _opt(default: Any, help_text: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help_text, **extra})
+    return Field(default, description=help_text, **extra)
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        # names as written: `port` in arguments and YAML, TEXTCLF_PORT in the environment (see _Environment)
+        env_prefix=ENV_PREFIX, case_sensitive=True, frozen=True, extra="forbid",
+        # numbers in YAML (`tracing_service_name: 2024`) are fine as strings, as they were
+        coerce_numbers_to_str=True)
+
     # Network
     host: str = _opt("0.0.0.0", "gRPC listen host")
     port: int = _opt(8001, "gRPC listen port (0 = any free port)")
@@ -67,8 +94,8 @@ class Settings:
     max_versions: int = _opt(0, "load the latest N valid versions of each model (0 = all)")
     poll_interval: float = _opt(0.0, "seconds between repository scans for new/removed versions (0 = off)")
     repository_control: bool = _opt(False, "allow the load/unload repository RPCs (needs control_token or control_token_file)")
-    control_token: str = field(default="", repr=False, metadata={
-        "help": "bearer token for the repository RPCs (at least 16 characters; prefer the env or a file to a flag)"})
+    control_token: str = _opt("", "bearer token for the repository RPCs (at least 16 characters; prefer the env or a "
+                                  "file to a flag)", repr=False)
     control_token_file: str = _opt("", "file holding the repository-control bearer token (surrounding whitespace ignored)")
     warmup: bool = _opt(True, "run warm-up inferences before a model version receives traffic")
     # Runtime
@@ -122,12 +149,47 @@ class Settings:
     tracing_sample_ratio: float = _opt(1.0, "share of new traces recorded (0..1); a sent traceparent's sampled flag wins")
     tracing_service_name: str = _opt("textclf", "service.name of the spans")
 
-    def validate(self) -> "Settings":
-        errors: list[str] = []
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Settings(...) takes its arguments only; load_settings passes its own sources
+        return (init_settings,)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            sources = values.get("_build_sources")
+            raise SettingsError(_describe(exc, sources[0] if sources else ())) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _read_like_before(cls, value: Any, info: ValidationInfo) -> Any:
+        # what pydantic's lax mode would take but the settings never did: true/false as a number
+        kind = cls.model_fields[info.field_name].annotation if info.field_name else None
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError("expected an integer" if kind is int else "expected a number")
+        if kind is bool and isinstance(value, str):
+            return value.strip()
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        problems = self._problems()
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    def _problems(self) -> list[tuple[str, str]]:
+        """The cross-field and range rules: (setting, message) for each one broken."""
+        errors: list[tuple[str, str]] = []
 
         def check(ok: bool, name: str, requirement: str) -> None:
             if not ok:
-                errors.append(f"{name}={getattr(self, name)!r}: {requirement}")
+                errors.append((name, f"{name}={getattr(self, name)!r}: {requirement}"))
 
         for name in ("port", "metrics_port", "rest_port"):
             low = -1 if name in ("metrics_port", "rest_port") else 0
@@ -167,15 +229,14 @@ class Settings:
             check(not value or Path(value).is_file(), name, "file does not exist")
         # the token's value never appears in a message
         if self.control_token and self.control_token_file:
-            errors.append("control_token and control_token_file: set one, not both")
+            errors.append(("control_token", "control_token and control_token_file: set one, not both"))
         if self.control_token and len(self.control_token.strip()) < MIN_CONTROL_TOKEN_CHARS:
-            errors.append(f"control_token: must be at least {MIN_CONTROL_TOKEN_CHARS} characters")
+            errors.append(("control_token", f"control_token: must be at least {MIN_CONTROL_TOKEN_CHARS} characters"))
         if self.repository_control and not (self.control_token or self.control_token_file):
-            errors.append(f"repository_control=True: needs a bearer token: set control_token ({env_name('control_token')}) "
-                          f"or control_token_file ({env_name('control_token_file')})")
-        if errors:
-            raise SettingsError("invalid settings:\n  " + "\n  ".join(errors))
-        return self
+            errors.append(("repository_control",
+                           f"repository_control=True: needs a bearer token: set control_token "
+                           f"({env_name('control_token')}) or control_token_file ({env_name('control_token_file')})"))
+        return errors
 
     @property
     def max_queue_delay(self) -> float:
@@ -202,7 +263,8 @@ class Settings:
         return token
 
     def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes).validate()
+        """A copy with ``changes``, validated as a new Settings (SettingsError if the result is invalid)."""
+        return type(self)(**{**self.model_dump(), **changes})
 
 
 def env_name(name: str) -> str:
@@ -213,92 +275,119 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _convert(name: str, kind: type, raw: Any, source: str) -> Any:
-    """Convert a raw value (str from env/CLI, any from YAML) to the field's type."""
-    try:
-        if kind is bool:
-            if isinstance(raw, bool):
-                return raw
-            text = str(raw).strip().lower()
-            if text in {"1", "true", "yes", "on"}:
-                return True
-            if text in {"0", "false", "no", "off"}:
-                return False
-            raise ValueError("expected true/false")
-        if kind is int:
-            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError("expected an integer")
-            return int(raw)
-        if kind is float:
-            if isinstance(raw, bool):
-                raise ValueError("expected a number")
-            return float(raw)
-        if raw is None:
-            raise ValueError("expected a string")
-        return str(raw)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{name} from {source}: cannot read {raw!r} ({exc})") from None
+# what today's messages said a value should have been, by pydantic error type
+_EXPECTED = {"int_parsing": "expected an integer", "int_from_float": "expected an integer", "int_type": "expected an integer",
+             "float_parsing": "expected a number", "float_type": "expected a number",
+             "bool_parsing": "expected true/false", "bool_type": "expected true/false",
+             "string_type": "expected a string"}
 
 
-_TYPES = {"str": str, "int": int, "float": float, "bool": bool}
+def _origin(sources: Sequence[PydanticBaseSettingsSource]) -> Callable[[str], str]:
+    """Where a setting's value came from: the first (highest-precedence) source that has it ('' = an argument)."""
+    values = [(source, source()) for source in sources]
+
+    def origin(name: str) -> str:
+        for source, given in values:
+            if name in given:
+                if isinstance(source, _YamlFile):
+                    return f"config file {source.path}"
+                if isinstance(source, CliSettingsSource):  # before EnvSettingsSource: its subclass
+                    return f"flag {flag_name(name)}"
+                if isinstance(source, EnvSettingsSource):
+                    return f"env {env_name(name)}"
+        return ""
+
+    return origin
 
 
-def _field_types() -> dict[str, type]:
-    return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(Settings)}
+def _describe(exc: ValidationError, sources: Sequence[PydanticBaseSettingsSource]) -> str:
+    """One line per bad setting, naming it and where its value came from."""
+    origin = _origin(sources)
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            for name, message in cause.problems:
+                where = origin(name)
+                lines.append(f"{message} (from {where})" if where else message)
+            continue
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        where = origin(name)
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown setting {name!r}" if where else f"unknown setting {name!r}")
+            continue
+        reason = str(cause) if cause is not None else _EXPECTED.get(error["type"], error["msg"])
+        shown = "(hidden)" if name == "control_token" else repr(error["input"])
+        lines.append(f"{name}{' from ' + where if where else ''}: cannot read {shown} ({reason})")
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment source (prefix TEXTCLF_) over a given mapping instead of os.environ."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        # case-insensitive matching of the prefixed names, fed only the exact TEXTCLF_<NAME> variables
+        super().__init__(settings_cls, case_sensitive=False)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {name.lower(): self._environ[name] for name in map(env_name, self.settings_cls.model_fields)
+                if name in self._environ}
+
+
+class _YamlFile(YamlConfigSettingsSource):
+    """pydantic-settings' YAML source for one file that must exist, with `-` or `_` in its keys."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str) -> None:
+        self.path = path
+        try:  # the YAML source would skip a missing file silently
+            is_file = stat.S_ISREG(os.stat(path).st_mode)
+        except OSError as exc:
+            raise SettingsError(f"config file {path}: {exc.strerror}") from None
+        if not is_file:
+            raise SettingsError(f"config file {path}: {'Is a directory' if Path(path).is_dir() else 'not a file'}")
+        super().__init__(settings_cls, yaml_file=path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        import yaml
+
+        try:
+            data = super()._read_file(file_path)
+        except OSError as exc:
+            raise SettingsError(f"config file {self.path}: {exc.strerror}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"config file {self.path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"config file {self.path}: expected a mapping of setting names to values")
+        return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def _parser(environment: _Environment) -> tuple[argparse.ArgumentParser, CliSettingsSource[Settings]]:
+    """The `textclf serve` flags: ``--config`` and, from pydantic-settings' CLI source, one for every setting."""
     parser = argparse.ArgumentParser(prog="textclf serve", description="Serve a model repository over gRPC.")
     parser.add_argument("--config", help=f"YAML settings file (also {ENV_PREFIX}CONFIG)")
-    for f in fields(Settings):
-        kind = _field_types()[f.name]
-        default_text = f"default {f.default!r}; env {env_name(f.name)}"
-        if kind is bool:
-            parser.add_argument(flag_name(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction,
-                                help=f"{f.metadata['help']} ({default_text})")
-        else:
-            parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
-                                help=f"{f.metadata['help']} ({default_text})")
-    return parser
-
-
-def _read_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SettingsError(f"config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"config file {path}: not valid YAML ({exc})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"config file {path}: expected a mapping of setting names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    # cli_parse_none_str: the CLI source's default reads a flag value "null" as None; an argument
+    # cannot hold a NUL character, so no value is. The environment source names TEXTCLF_X in --help.
+    flags = CliSettingsSource(Settings, root_parser=parser, cli_kebab_case=True, cli_implicit_flags=True,
+                              cli_show_env_vars=True, cli_parse_none_str="\0", _env_settings_source=environment)
+    return parser, flags
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Build and validate settings from defaults, a YAML file, the environment and ``argv``."""
     environ = os.environ if environ is None else environ
-    args = build_parser().parse_args(list(argv or []))
-    types = _field_types()
-    values: dict[str, Any] = {}
+    environment = _Environment(Settings, environ)
+    parser, flags = _parser(environment)
+    args = parser.parse_args(list(argv or []))  # a malformed command line: argparse's message, exit code 2
+    sources: list[PydanticBaseSettingsSource] = [flags(parsed_args=args), environment]
     config_path = args.config or environ.get(ENV_PREFIX + "CONFIG")
     if config_path:
-        for key, raw in _read_yaml(config_path).items():
-            if key not in types:
-                raise SettingsError(f"config file {config_path}: unknown setting {key!r}")
-            values[key] = _convert(key, types[key], raw, f"config file {config_path}")
-    for name, kind in types.items():
-        if env_name(name) in environ:
-            values[name] = _convert(name, kind, environ[env_name(name)], f"env {env_name(name)}")
-        cli_value = getattr(args, name)
-        if cli_value is not None:
-            values[name] = _convert(name, kind, cli_value, f"flag {flag_name(name)}")
-    return Settings(**values).validate()
+        sources.append(_YamlFile(Settings, config_path))
+    # highest precedence first; pydantic-settings merges them over the defaults
+    return Settings(_build_sources=(tuple(sources), {}))
 
 
 def settings_table() -> list[tuple[str, str, str, str]]:
     """(env, flag, default, meaning) rows, used to write docs/service.md."""
-    return [(env_name(f.name), flag_name(f.name), repr(f.default), f.metadata["help"]) for f in fields(Settings)]
+    return [(env_name(name), flag_name(name), repr(f.default), f.description or "")
+            for name, f in Settings.model_fields.items()]

@@ -46,7 +46,7 @@ PROMETHEUS_DIR = DEPLOY / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 K8S = DEPLOY / "k8s"
 SERVER_SERVICES = ("textclf", "textclf-gpu")
-SETTINGS_ENV = {env_name(f) for f in Settings.__dataclass_fields__}
+SETTINGS_ENV = {env_name(f) for f in Settings.model_fields}
 PROBE = ["python", "-m", "service.healthcheck", "--address"]
 DRAIN_MARGIN_S = 3.0
 

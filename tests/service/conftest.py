@@ -38,7 +38,7 @@ def make_settings(repo_path: Path) -> Callable[..., Settings]:
                                       model_repository=str(repo_path), providers="cpu", grace_period=2.0,
                                       intra_op_threads=1, max_queue_delay_ms=1.0)
         values.update(overrides)
-        return Settings(**values).validate()
+        return Settings(**values)
 
     return build
 

@@ -189,7 +189,7 @@ RAW_BYTES = st.sampled_from(sorted(RAW_METHODS)).flatmap(
 
 # ------------------------------------------------------------------ decoding (pure)
 
-CORE = InferenceCore(Settings(max_texts_per_request=MAX_TEXTS, max_text_bytes=MAX_TEXT_BYTES).validate(),
+CORE = InferenceCore(Settings(max_texts_per_request=MAX_TEXTS, max_text_bytes=MAX_TEXT_BYTES),
                      repository=None, metrics=None)  # validate_texts reads the settings only
 
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_security_doc_names_real_settings() -> None:
     doc = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
-    fields = Settings.__dataclass_fields__
+    fields = Settings.model_fields
     for name in ("tls_cert", "tls_key", "tls_client_ca", "repository_control", "control_token", "control_token_file",
                  "host", "metrics_host", "metrics_port", "log_request_texts", "log_level"):
         assert name in fields and f"`{name}" in doc, name

@@ -42,7 +42,7 @@ def _settings(bundle: TinyBundle, **overrides):
     values = dict(host="127.0.0.1", port=0, metrics_port=-1, rest_host="127.0.0.1", rest_port=0,
                   model_repository=str(bundle.path.parents[1]), providers="cpu", max_queue_delay_ms=1.0)
     values.update(overrides)
-    return Settings(**values).validate()
+    return Settings(**values)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_tracing_off_imports_no_opentelemetry(bundle: TinyBundle) -> None:
         from tests.support.server_thread import ServerThread
         from textclf_protos.textclf.v1 import textclf_pb2 as pb, textclf_pb2_grpc as pb_grpc
         settings = Settings(host="127.0.0.1", port=0, metrics_port=0, rest_host="127.0.0.1", rest_port=0,
-                            model_repository={str(bundle.path.parents[1])!r}, providers="cpu").validate()
+                            model_repository={str(bundle.path.parents[1])!r}, providers="cpu")
         server = ServerThread(settings).start()
         assert server.app.core.tracer is None
         with grpc.insecure_channel(server.address) as channel:

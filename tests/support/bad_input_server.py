@@ -32,7 +32,7 @@ DEADLINE = 10.0
 # repository control needs a bearer token where the server supports one (service/auth.py)
 CONTROL_TOKEN = "bad-input-tests-control-token"
 CONTROL = {"repository_control": True}
-if "control_token" in Settings.__dataclass_fields__:
+if "control_token" in Settings.model_fields:
     CONTROL["control_token"] = CONTROL_TOKEN
 AUTHORIZED = [("authorization", f"Bearer {CONTROL_TOKEN}")]
 
@@ -58,7 +58,7 @@ def start_stubs(root: Path, bundle: TinyBundle, **overrides) -> Iterator[Stubs]:
                   providers="cpu", grace_period=1.0, intra_op_threads=1, max_queue_delay_ms=0.0,
                   max_texts_per_request=MAX_TEXTS, max_text_bytes=MAX_TEXT_BYTES, **CONTROL)
     values.update(overrides)
-    server = ServerThread(Settings(**values).validate()).start()
+    server = ServerThread(Settings(**values)).start()
     try:
         with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20),
                                                             ("grpc.enable_retries", 0)]) as channel, \

@@ -24,7 +24,7 @@ def server_settings(root: Path, **overrides: Any) -> Settings:
                                   model_repository=str(root), providers="cpu", grace_period=1.0,
                                   intra_op_threads=1, max_queue_delay_ms=0.0)
     values.update(overrides)
-    return Settings(**values).validate()
+    return Settings(**values)
 
 
 @pytest.fixture(scope="module")

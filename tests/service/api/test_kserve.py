@@ -30,7 +30,7 @@ AUTHORIZED = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 def server(repo) -> Iterator[ServerThread]:
     settings = Settings(host="127.0.0.1", port=0, metrics_port=-1, model_repository=str(repo["root"]),
                         providers="cpu", max_queue_delay_ms=1.0, repository_control=True,
-                        control_token=CONTROL_TOKEN).validate()
+                        control_token=CONTROL_TOKEN)
     running = ServerThread(settings).start()
     yield running
     running.stop(grace=1.0)

@@ -35,7 +35,7 @@ def _settings(repo, **overrides) -> Settings:
     values = dict(host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, rest_host="127.0.0.1",
                   rest_port=0, model_repository=str(repo["root"]), providers="cpu", max_queue_delay_ms=1.0)
     values.update(overrides)
-    return Settings(**values).validate()
+    return Settings(**values)
 
 
 @pytest.fixture(scope="module")
