@@ -13,8 +13,8 @@ the training seed. ``select`` skips finished runs and continues interrupted ones
 ``select`` processes with the same lists share the work (one per core).
 
 Decision rule (``final`` without ``--variant``; ``decide``): among LSTM variants (the product's
-cell) with 3+ seeds, the cheapest to train whose mean validation accuracy is within the seeds'
-spread of the best mean; another cell replaces it only if its mean beats it by more than the
+cell) with 3+ seeds, the cheapest to train whose mean validation accuracy is within one standard
+error (over seeds) of the best mean; another cell replaces it only if its mean beats it by more than the
 seeds' spread (the spread: the larger of the two variants' max-min ranges over seeds).
 Results: bench/results/train_cells.{json,md}; run folders under runs/bench_cells/<variant>/seed<N>.
 """
@@ -167,6 +167,8 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "seeds": sorted(r["seed"] for r in runs),
             "val_accuracy_mean": statistics.mean(acc), "val_accuracy_std": statistics.pstdev(acc),
             "val_accuracy_range": max(acc) - min(acc),
+            # standard error of the mean (sample std / sqrt(n)): the one-standard-error rule's yardstick
+            "val_accuracy_se": statistics.stdev(acc) / len(acc) ** 0.5 if len(acc) > 1 else 0.0,
             "val_macro_f1_mean": statistics.mean(f1),
             "epochs_run_mean": statistics.mean(r["epochs_run"] for r in runs),
             "best_epoch_mean": statistics.mean(r["best_epoch"] for r in runs),
@@ -181,9 +183,9 @@ def decide(table: dict[str, dict[str, Any]], min_seeds: int = 3) -> tuple[str, s
     """The LSTM configuration, then the cell, both on validation only.
 
     1. Among LSTM variants with >= ``min_seeds`` seeds: the best mean validation accuracy; then the
-       cheapest (mean CPU seconds of training) LSTM variant whose mean is within the seeds' spread
-       of that best (the larger of the two max-min ranges) - a difference the seeds cannot tell
-       apart does not buy a costlier model.
+       cheapest (mean CPU seconds of training) LSTM variant whose mean is within one standard error
+       (over seeds) of that best - the one-standard-error rule: a difference smaller than the
+       best's own uncertainty does not buy a costlier model.
     2. Another cell (with >= ``min_seeds`` seeds) replaces it only if its mean beats the chosen
        LSTM's by more than the seeds' spread.
     Without any LSTM variant of ``min_seeds`` seeds, the LSTM variant with the most seeds stands.
@@ -195,12 +197,12 @@ def decide(table: dict[str, dict[str, Any]], min_seeds: int = 3) -> tuple[str, s
     if complete:
         best = max(complete, key=lambda name: table[name]["val_accuracy_mean"])
         close = [name for name in complete
-                 if table[best]["val_accuracy_mean"] - table[name]["val_accuracy_mean"]
-                 <= max(table[best]["val_accuracy_range"], table[name]["val_accuracy_range"])]
+                 if table[best]["val_accuracy_mean"] - table[name]["val_accuracy_mean"] <= table[best]["val_accuracy_se"]]
         base = min(close, key=lambda name: (table[name]["cpu_seconds_mean"], -table[name]["val_accuracy_mean"]))
-        reason = (f"{base}: the cheapest LSTM variant ({table[base]['cpu_seconds_mean']:.0f} CPU s) within the seeds' "
-                  f"spread of the best mean validation accuracy ({best}: {table[best]['val_accuracy_mean']:.4f}; "
-                  f"{len(close)} of {len(complete)} LSTM variants with {min_seeds}+ seeds were that close)")
+        reason = (f"{base}: the cheapest LSTM variant ({table[base]['cpu_seconds_mean']:.0f} CPU s) within one "
+                  f"standard error ({table[best]['val_accuracy_se']:.4f}) of the best mean validation accuracy "
+                  f"({best}: {table[best]['val_accuracy_mean']:.4f}; {len(close)} of {len(complete)} LSTM variants "
+                  f"with {min_seeds}+ seeds were that close)")
     else:
         base = max(lstm, key=lambda name: (len(table[name]["seeds"]), table[name]["val_accuracy_mean"]))
         reason = (f"{base}: the LSTM variant with the most seeds (selection incomplete: "

@@ -11,9 +11,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from train_cells import decide, split_variants  # noqa: E402
 
 
-def row(seeds: int, mean: float, spread: float, cpu: float) -> dict:
+def row(seeds: int, mean: float, spread: float, cpu: float, se: float = 0.005) -> dict:
     return {"seeds": list(range(13, 13 + seeds)), "val_accuracy_mean": mean, "val_accuracy_range": spread,
-            "cpu_seconds_mean": cpu}
+            "val_accuracy_se": se, "cpu_seconds_mean": cpu}
 
 
 def test_split_variants_keeps_each_variants_own_overrides() -> None:
@@ -21,10 +21,10 @@ def test_split_variants_keeps_each_variants_own_overrides() -> None:
         "lstm-bi", "lstm-bi:max_len=256,pooling=max", "gru-uni:hidden_size=32"]
 
 
-def test_cheapest_lstm_within_the_seed_spread_of_the_best_is_chosen() -> None:
+def test_cheapest_lstm_within_one_standard_error_of_the_best_is_chosen() -> None:
     table = {
-        "lstm-bi": row(3, 0.970, 0.010, 500.0),
-        "lstm-bi:max_len=256": row(3, 0.966, 0.010, 130.0),  # 0.004 below the best: within spread 0.010
+        "lstm-bi": row(3, 0.970, 0.010, 500.0),  # standard error 0.005
+        "lstm-bi:max_len=256": row(3, 0.966, 0.010, 130.0),  # 0.004 below the best: within one SE
         "lstm-bi:max_len=128": row(3, 0.940, 0.005, 60.0),  # cheaper still, but clearly worse
         "lstm-bi:hidden_size=32": row(1, 0.990, 0.0, 10.0),  # one lucky seed decides nothing
     }
@@ -32,8 +32,9 @@ def test_cheapest_lstm_within_the_seed_spread_of_the_best_is_chosen() -> None:
     assert choice == "lstm-bi:max_len=256", reason
 
 
-def test_a_better_variant_outside_the_spread_wins_over_a_cheaper_one() -> None:
-    table = {"lstm-bi": row(3, 0.980, 0.004, 500.0), "lstm-bi:max_len=256": row(3, 0.960, 0.004, 130.0)}
+def test_a_better_variant_by_more_than_one_standard_error_wins_over_a_cheaper_one() -> None:
+    # 0.008 apart: inside the seeds' max-min range (0.02) but outside the best's standard error (0.0065)
+    table = {"lstm-bi": row(3, 0.984, 0.020, 374.0, se=0.0065), "lstm-bi:max_len=256": row(3, 0.976, 0.0, 131.0, se=0.0)}
     assert decide(table)[0] == "lstm-bi"
 
 
