@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from training.data import read_manifest  # noqa: E402
+from training.model import CELLS  # noqa: E402
 from training.train import TrainConfig, evaluate_on_test, train  # noqa: E402
 
 logger = logging.getLogger("bench.train_cells")
@@ -70,7 +71,7 @@ def variant_config(variant: str, seed: int, runs_dir: Path) -> TrainConfig:
 def split_variants(text: str) -> list[str]:
     """``lstm-bi,lstm-bi:pooling=max,max_len=256`` -> two variants: a comma starts a new variant
     only where ``<cell>-`` follows (a variant's own overrides are comma-separated too)."""
-    return [v for v in re.split(r",(?=(?:lstm|gru|rnn)-)", text) if v]
+    return [v for v in re.split(rf",(?=(?:{'|'.join(CELLS)})-)", text) if v]
 
 
 def cpu_seconds() -> float:
