@@ -133,6 +133,12 @@ class Replica:
         """Successful requests this replica counted (its own /metrics; resets on restart)."""
         return ok_requests(self.metrics_port)
 
+    def restart_until_it_serves(self, what: str) -> None:
+        """Start again on the same ports; wait until SERVING and until nginx sends it traffic."""
+        self.process.start()
+        self.wait_healthy()
+        wait_for(lambda: self.ok_requests() > 0, 30, what, alive=self.process.assert_running)
+
 
 @dataclass
 class Topology:
@@ -306,11 +312,7 @@ def test_sigkill_and_drain_lose_no_client_call(topology: Topology) -> None:
         first.process.wait(timeout=10)
         traffic.wait_more(200, "with one replica dead")
 
-        # restart it on the same ports; wait until nginx sends it traffic again
-        first.process.start()
-        first.wait_healthy()
-        wait_for(lambda: first.ok_requests() > 0, 30, "the restarted replica to serve through nginx",
-                 alive=first.process.assert_running)
+        first.restart_until_it_serves("the restarted replica to serve through nginx")
 
         # 2. SIGTERM the other mid-traffic: it drains (admitted calls finish) and exits cleanly
         traffic.wait_more(50, "before the drain")
@@ -320,11 +322,7 @@ def test_sigkill_and_drain_lose_no_client_call(topology: Topology) -> None:
         assert code == 0, f"drained replica exited with {code}:\n{second.process.log_tail()}"
         traffic.wait_more(200, "with one replica drained")
 
-        # restart it; both serve again
-        second.process.start()
-        second.wait_healthy()
-        wait_for(lambda: second.ok_requests() > 0, 30, "the second restarted replica to serve",
-                 alive=second.process.assert_running)
+        second.restart_until_it_serves("the second restarted replica to serve")  # both serve again
         traffic.wait_more(100, "after both restarts")
     finally:
         traffic.stop()
