@@ -19,10 +19,17 @@ scheduler task that forms batches:
 * a batch starts as soon as the worker is free and either ``max_batch_size`` texts wait or the
   oldest text has waited ``max_queue_delay`` (0 = greedy: under load, batches fill with the texts
   that arrived while the previous batch computed; an idle server adds no delay);
-* grouping by length: the oldest waiting text anchors the batch, and later texts join (in arrival
-  order) only while the batch's longest/shortest token count stays within
-  ``length_bucket_ratio`` (lengths under ``SHORT_FLOOR`` count as ``SHORT_FLOOR``), so short texts
-  do not pay for long texts' padding;
+* grouping by length: the anchor text starts the batch, and other texts join only while the
+  batch's longest/shortest token count stays within ``length_bucket_ratio`` (lengths under
+  ``SHORT_FLOOR`` count as ``SHORT_FLOOR``), so short texts do not pay for long texts' padding;
+* bounded batches: at most ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens (texts x
+  the longest), so one onnxruntime call lasts a bounded time (~7 ms for the default model at 2048)
+  and a request of many long texts is computed in slices;
+* fairness between requests (docs/service.md "Batching design"): the anchor is the oldest waiting text
+  (FIFO) unless a request has already had texts computed (it is being sliced); then batches
+  alternate between the oldest text and the text of the request with the fewest tokens computed
+  so far (new requests first), filled in that order. A small request arriving behind a large
+  one waits for at most one slice, and the large one still gets every other batch;
 * texts whose request passed its deadline or was cancelled by the client are dropped right before
   compute and counted in ``textclf_dropped_texts``;
 * the lone-request fast path: with ``max_queue_delay`` 0, a small request (at most
@@ -125,6 +132,7 @@ class _Request:
     deadline: float | None
     remaining: int
     enqueued: float = field(default_factory=time.monotonic)
+    served: int = 0  # padded tokens of this request taken into batches so far (the fairness order)
     stages: StageTimes | None = None  # TRACING HOOK: recorded only when the request is traced
 
     @property
@@ -278,13 +286,15 @@ class _Base:
 class DynamicBatcher(_Base):
     def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
                  model: str, version: int, *, max_batch_size: int, max_queue_delay: float, max_queue_size: int,
-                 max_queue_tokens: int, length_bucket_ratio: float) -> None:
+                 max_queue_tokens: int, length_bucket_ratio: float, max_batch_tokens: int = 0) -> None:
         super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size,
                          max_queue_tokens=max_queue_tokens)
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.length_bucket_ratio = length_bucket_ratio
+        self.max_batch_tokens = max_batch_tokens or None  # 0: no cap
         self._pending: list[_Item] = []
+        self._owed_fifo = False  # the last batch was anchored by the fairness order: the oldest text is next
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._computing = False  # a batch is in the inference pool
@@ -404,7 +414,7 @@ class DynamicBatcher(_Base):
         if self.max_queue_delay <= 0:
             return
         oldest = self._pending[0].request.enqueued
-        while len(self._pending) < self.max_batch_size and not self._closed:
+        while len(self._pending) < self.max_batch_size and not self._closed and not self._fills_a_batch():
             remaining = oldest + self.max_queue_delay - time.monotonic()
             if remaining <= 0:
                 return
@@ -417,6 +427,10 @@ class DynamicBatcher(_Base):
             if not self._pending:
                 return
             oldest = self._pending[0].request.enqueued
+
+    def _fills_a_batch(self) -> bool:
+        """The waiting texts already fill ``max_batch_tokens`` (waiting longer cannot grow the batch)."""
+        return self.max_batch_tokens is not None and sum(i.bucket_length for i in self._pending) >= self.max_batch_tokens
 
     def _prune(self, now: float) -> None:
         """Drop texts of requests that were cancelled, failed or passed their deadline."""
@@ -437,29 +451,57 @@ class DynamicBatcher(_Base):
     def _take_batch(self) -> list[_Item]:
         now = time.monotonic()
         self._prune(now)
+        if not self._pending:
+            self._set_depth()
+            return []
+        candidates = self._candidates()
         batch: list[_Item] = []
         rest: list[_Item] = []
         low = high = 0
-        for item in self._pending:
+        cap = self.max_batch_tokens
+        for item in candidates:
             length = item.bucket_length
             if not batch:
                 batch.append(item)
                 low = high = length
                 continue
             new_low, new_high = min(low, length), max(high, length)
-            if len(batch) < self.max_batch_size and new_high <= new_low * self.length_bucket_ratio:
+            if (len(batch) < self.max_batch_size and new_high <= new_low * self.length_bucket_ratio
+                    and (cap is None or (len(batch) + 1) * new_high <= cap)):
                 batch.append(item)
                 low, high = new_low, new_high
             else:
                 rest.append(item)
+        if candidates is not self._pending:
+            rest.sort(key=self._pending_order().__getitem__)  # the queue stays in arrival order
         self._pending = rest
         self._dequeued(batch)
         self._set_depth()
         for item in batch:
+            item.request.served += item.bucket_length
             self._observe_queued(now - item.request.enqueued)
             if item.request.stages is not None and item.request.stages.dequeued is None:  # TRACING HOOK
                 item.request.stages.dequeued = now
         return batch
+
+    def _candidates(self) -> list[_Item]:
+        """The waiting texts in the order the next batch takes them: arrival order (the oldest
+        anchors) unless the oldest text's request is being sliced (it already had texts computed)
+        and another request has had fewer tokens computed; then every other batch takes them in
+        the order of tokens computed per request (ties: arrival order)."""
+        oldest = self._pending[0]
+        if not oldest.request.served:  # nobody is being sliced ahead of anyone (the common case)
+            self._owed_fifo = False
+            return self._pending
+        fairest = min(self._pending, key=lambda item: item.request.served)
+        if fairest.request is oldest.request or self._owed_fifo:
+            self._owed_fifo = False
+            return self._pending
+        self._owed_fifo = True
+        return sorted(self._pending, key=lambda item: item.request.served)
+
+    def _pending_order(self) -> dict[_Item, int]:
+        return {item: position for position, item in enumerate(self._pending)}
 
     async def _compute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
@@ -583,4 +625,5 @@ def make_scheduler(runtime: ModelRuntime, executor: concurrent.futures.Executor,
                                max_queue_tokens=settings.max_queue_tokens)
     return DynamicBatcher(runtime, executor, metrics, model, version, max_batch_size=settings.max_batch_size,
                           max_queue_delay=settings.max_queue_delay, max_queue_size=settings.max_queue_size,
-                          max_queue_tokens=settings.max_queue_tokens, length_bucket_ratio=settings.length_bucket_ratio)
+                          max_queue_tokens=settings.max_queue_tokens, length_bucket_ratio=settings.length_bucket_ratio,
+                          max_batch_tokens=settings.max_batch_tokens)

@@ -180,6 +180,9 @@ class ServiceMetrics:
                                        ["model", "version", "reason"], registry=r)
         self.model_loads = Counter("textclf_model_loads", "Model versions loaded and warmed up",
                                    ["model", "version"], registry=r)
+        self.memory_trimmed = Counter("textclf_memory_trimmed_bytes",
+                                      "Freed memory returned to the OS by malloc_trim after bursts (service/memory.py)",
+                                      registry=r)
         self.worker_index = os.environ.get(WORKER_INDEX_ENV)
         self.worker_requests: Counter | None = None
         if self.worker_index is not None:  # a worker of the multi-worker supervisor

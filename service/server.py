@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from service.api import kserve, textclf_v1
 from service.api.descriptors import reflection_pool
 from service.core import InferenceCore
+from service.memory import MemoryTrimmer
 from service.metrics import ServiceMetrics
 from service.repository import ModelRepository, RepositoryEvent
 from service.runtime import RuntimeConfigError, resolve_providers
@@ -95,6 +96,7 @@ class App:
         self.rest = None  # service.api.http11.HTTPServer when rest_port >= 0
         self.rest_port: int | None = None
         self._health_tasks: set[asyncio.Task] = set()
+        self.memory_trimmer = MemoryTrimmer(settings.memory_trim_mb, on_trim=metrics.memory_trimmed.inc)
         repository.listeners.append(self._on_repository_event)
 
     async def start(self) -> None:
@@ -109,6 +111,7 @@ class App:
         await self.health.set("", SERVING)
         for service_name in self.service_names:
             await self.health.set(service_name, SERVING)
+        self.memory_trimmer.start()  # its baseline: the RSS with every model loaded and warmed up
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new calls, let admitted calls finish within ``grace``."""
@@ -135,6 +138,7 @@ class App:
         await self.repository.close()
         self.core.close()
         self.executor.shutdown(wait=True)
+        self.memory_trimmer.stop()
         self.metrics.stop()
         if self.core.tracer is not None:
             self.core.tracer.shutdown()

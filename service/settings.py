@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     # Batching
     batching: bool = _opt(True, "dynamic batching across concurrent requests (off = each request runs alone)")
     max_batch_size: int = _opt(64, "most texts in one onnxruntime call")
+    # ~7 ms of onnxruntime for the BBC LSTM (max_len 384) on one thread; per token, batches of 2-16
+    # long texts compute as fast as 64 (docs/service.md "Batching design")
+    max_batch_tokens: int = _opt(
+        2048, "most padded tokens (texts x longest text) in one onnxruntime call, so a request of many long texts is "
+              "computed in slices and other requests get in between (0 = no cap; a single longer text still runs)")
     max_queue_delay_ms: float = _opt(0.0, "longest a text waits for batch-mates once the worker is free (0 = greedy)")
     max_queue_size: int = _opt(1024, "most texts waiting per model version; beyond it RESOURCE_EXHAUSTED")
     # ~0.5 s of work for the BBC GRU (max_len 384) on one 2-core machine's inference thread, which
@@ -132,6 +137,9 @@ class Settings(BaseSettings):
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
              "(a request arriving when they are idle is always taken)")
+    memory_trim_mb: int = _opt(
+        64, "when RSS is this many MB over its value at start, return freed memory to the OS (glibc malloc_trim, "
+            "checked once a second by one thread; 0 = off)")
     # Lifecycle and logging
     grace_period: float = _opt(10.0, "seconds admitted calls get to finish on SIGTERM/SIGINT")
     drain_delay: float = _opt(0.5, "seconds a drained server keeps answering UNAVAILABLE before it closes its port")
@@ -201,7 +209,7 @@ class Settings(BaseSettings):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
-                     "max_concurrent_streams"):
+                     "max_concurrent_streams", "max_batch_tokens", "memory_trim_mb"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",
                      "max_connection_age_grace_seconds", "max_connection_idle_seconds"):

@@ -1,0 +1,90 @@
+"""Giving freed memory back to the operating system after bursts of large messages.
+
+A 4 MiB request is copied a few times on its way in (gRPC core, Python bytes, protobuf strings).
+glibc serves such blocks from its heaps once its dynamic mmap threshold has risen, and keeps the
+freed pages: after a burst of large requests the process's RSS stays hundreds of MB above its idle
+value although nothing holds that memory. ``MemoryTrimmer`` checks the RSS once a second from its
+own thread and, when it is more than ``threshold_mb`` above the RSS the server had when it
+started serving, calls glibc's ``malloc_trim(0)``, which returns the free pages of every heap
+(docs/reliability.md "Memory after an attack"). It never touches live memory, so answers are
+unaffected; on a C library without ``malloc_trim`` (musl) it logs once and does nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (``/proc/self/statm``: no allocation of note, no syscall storm)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim  # ctypes releases the GIL while it runs
+
+
+class MemoryTrimmer:
+    """One daemon thread, started with the server (so the thread count never changes under load)."""
+
+    def __init__(self, threshold_mb: int, interval: float = 1.0, on_trim: Callable[[int], None] | None = None) -> None:
+        self.threshold = threshold_mb * 1024 * 1024
+        self.interval = interval
+        self.on_trim = on_trim  # called with the bytes returned (metrics)
+        self._trim = _load_malloc_trim() if threshold_mb > 0 else None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.baseline = 0
+        self.trims = 0
+
+    def start(self) -> None:
+        if self.threshold <= 0:
+            return
+        if self._trim is None:
+            logger.info("malloc_trim is not available in this C library: memory is not trimmed after bursts")
+            return
+        self.baseline = rss_bytes()
+        self._thread = threading.Thread(target=self._run, name="memory-trim", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def trim_if_above(self) -> int:
+        """Trim when the RSS is over the baseline by more than the threshold; the bytes returned."""
+        before = rss_bytes()
+        if before - self.baseline <= self.threshold or self._trim is None:
+            return 0
+        self._trim(0)
+        released = max(0, before - rss_bytes())
+        self.trims += 1
+        logger.debug("malloc_trim returned %.1f MB (RSS %.1f MB over its start)", released / 2**20,
+                     (before - self.baseline) / 2**20)
+        if self.on_trim is not None:
+            self.on_trim(released)
+        return released
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.trim_if_above()
+            except Exception:  # never let the trimmer take the process down
+                logger.exception("memory trim failed")
+                return
