@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = _opt(
         128, "concurrent calls (HTTP/2 streams) one client connection may open; more wait in the client "
              "(0 = gRPC default, unlimited)")
+    max_request_bytes_in_flight: int = _opt(
+        8 * 1024 * 1024, "bytes of large unary requests (over 64 KiB each) parsed and handled at once per process; beyond "
+                         "it such a request gets RESOURCE_EXHAUSTED before it is parsed (one is always taken when "
+                         "none is in flight; 0 = no limit)")
     tokenize_workers: int = _opt(1, "threads tokenizing requests too large to tokenize on the event loop (all models)")
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
@@ -209,7 +213,7 @@ class Settings(BaseSettings):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
-                     "max_concurrent_streams", "max_batch_tokens", "memory_trim_mb"):
+                     "max_concurrent_streams", "max_batch_tokens", "memory_trim_mb", "max_request_bytes_in_flight"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",
                      "max_connection_age_grace_seconds", "max_connection_idle_seconds"):

@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -35,6 +36,7 @@ from google.protobuf.message import DecodeError
 
 from service.auth import authorization_values
 from service.errors import Internal, InvalidArgument, ServiceError, Unavailable
+from service.request_bytes import RequestBytesBudget
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +109,10 @@ def _deferred_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[byt
 
 
 def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """Requests of unary calls and messages of request streams are parsed by the ``unary`` and
+    ``stream`` wrappers, after the token of a control RPC and the request-bytes budget were checked."""
     parse, serialize = lenient_deserializer(handler.request_deserializer), handler.response_serializer
-    if getattr(handler.unary_unary, "authorize_before_parsing", False):
+    if not handler.response_streaming or handler.request_streaming:  # unary calls and request streams
         parse = _deferred_deserializer(handler.request_deserializer)
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(handler.stream_stream, parse, serialize)
@@ -146,8 +150,15 @@ def add_servicer(add_to_server: Callable[[Any, Any], None], servicer: Any, serve
         raise RuntimeError(f"{add_to_server.__name__} did not register a method table (grpcio-tools too old?)")
 
 
-async def _decoded(messages: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _decoded(messages: AsyncIterator[Any], budget: RequestBytesBudget, taken: deque[int]) -> AsyncIterator[Any]:
+    """Parse each message of a request stream once it fits the request-bytes budget: until then
+    the stream reads nothing more (back-pressure on that client alone). What each message took is
+    appended to ``taken`` (answers come one per message, in order: ``stream`` gives it back as the
+    message's answer is sent)."""
     async for message in messages:
+        if isinstance(message, UnparsedRequest):
+            taken.append(await budget.take_when_free(len(message.data)))
+            message = message.parse()
         if isinstance(message, UndecodableRequest):
             raise message.error()
         yield message
@@ -251,8 +262,10 @@ async def _fail(metrics: Any, call: CallInfo, context: grpc.aio.ServicerContext,
 
 def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorate ``async def method(self, request, context, call)``; ``self.core.metrics`` is used.
-    ``control=True`` (repository-control RPCs): the bearer token is checked
-    (``core.authorize_control``) before the request bytes are parsed at all."""
+    The request arrives unparsed (``add_servicer``): a large one is counted against the core's
+    ``request_bytes`` budget (RESOURCE_EXHAUSTED beyond it) before it is parsed. ``control=True``
+    (repository-control RPCs): the bearer token is checked (``core.authorize_control``) before the
+    request bytes are parsed at all."""
 
     def decorate(method: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         @functools.wraps(method)
@@ -262,10 +275,12 @@ def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitab
             tracer = self.core.tracer
             traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
             self.core.call_started(context)
+            taken = 0
             try:
                 if control:
                     self.core.authorize_control(authorization_values(context.invocation_metadata()))
                 if isinstance(request, UnparsedRequest):
+                    taken = self.core.request_bytes.take(len(request.data))
                     request = request.parse()
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
@@ -276,13 +291,14 @@ def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitab
                 await _fail(self.core.metrics, call, context, exc, start)
                 raise  # only reached for cancellation / an abort already sent
             finally:
+                if taken:
+                    self.core.request_bytes.give(taken)
                 self.core.call_finished()
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
             if traced is not None:
                 end_span(tracer, traced, call, None)
             return response
 
-        wrapper.authorize_before_parsing = control  # type: ignore[attr-defined] - read by add_servicer
         return wrapper
 
     return decorate
@@ -303,12 +319,17 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
             tracer = self.core.tracer
             traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
             self.core.call_started(context, stream=True)
+            budget, taken = self.core.request_bytes, deque()
             try:
+                if isinstance(request, UnparsedRequest):  # the one request of a unary-stream call
+                    request = request.parse()
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
                 if hasattr(request, "__aiter__"):  # a request stream: undecodable messages end it,
-                    request = _until_draining(_decoded(request), self.core.drain_started)  # so does a drain
+                    request = _until_draining(_decoded(request, budget, taken), self.core.drain_started)  # so does a drain
                 async for item in method(self, request, context, call):
+                    if taken:
+                        budget.give(taken.popleft())
                     yield item
             except BaseException as exc:  # noqa: BLE001
                 if traced is not None:
@@ -316,6 +337,8 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
                 await _fail(self.core.metrics, call, context, exc, start)
                 raise
             finally:
+                while taken:
+                    budget.give(taken.popleft())
                 self.core.call_finished()
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
             if traced is not None:

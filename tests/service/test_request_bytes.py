@@ -1,0 +1,78 @@
+"""Bounded bytes of large requests in flight, checked before parsing (service/request_bytes.py,
+docs/reliability.md "Bounded work before admission"). Inference is held with a hook on the real
+runtime, so the in-flight state is exact; "before parsing" is proven with bytes that do not parse:
+they are refused RESOURCE_EXHAUSTED, not INVALID_ARGUMENT."""
+from __future__ import annotations
+
+import queue
+import time
+
+import grpc
+import pytest
+
+from client.client import classify_request
+from tests.support.hooks import hold_inference
+from tests.support.metrics import metric, scrape, wait_until
+from textclf_protos.textclf.v1 import textclf_pb2 as pb
+from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
+
+CLASSIFY = "/textclf.v1.TextClassifier/Classify"
+LARGE = ["market " * 6000] * 2  # ~84 KB: over the 64 KiB a request may have without counting
+BUDGET = 100_000  # one large request fits, two do not
+
+
+def test_a_large_request_beyond_the_budget_is_refused_before_it_is_parsed(start_server, bundles) -> None:
+    server = start_server(max_request_bytes_in_flight=BUDGET)
+    budget = server.app.core.request_bytes
+    entered, release = hold_inference(server)
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TextClassifierStub(channel)
+        raw = channel.unary_unary(CLASSIFY, request_serializer=None, response_deserializer=None)
+        first = stub.Classify.future(classify_request(LARGE, "news"), timeout=30)
+        assert entered.wait(10)
+        assert budget.in_flight == len(classify_request(LARGE, "news").SerializeToString())
+
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            raw(b"\xff" * 90_000, timeout=10)  # not a protobuf message at all: never parsed
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_request_bytes_in_flight=100000" in refused.value.details()
+        assert time.monotonic() - start < 5  # at once, not after the held batch
+
+        small = stub.Classify.future(classify_request(["market bank"], "news"), timeout=30)  # never refused by it
+        wait_until(lambda: metric(scrape(server.metrics_url), "textclf_queue_depth", model="news", version="2") == 1,
+                   what="the small request admitted")
+        release.set()
+        assert len(first.result(20).predictions) == 2 and len(small.result(20).predictions) == 1
+        wait_until(lambda: budget.in_flight == 0, what="the budget given back")
+        with pytest.raises(grpc.RpcError) as undecodable:  # alone, the same bytes are parsed (and refused as such)
+            raw(b"\xff" * 90_000, timeout=10)
+        assert undecodable.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert metric(scrape(server.metrics_url), "textclf_requests_total", api="textclf.v1.Classify",
+                  code="RESOURCE_EXHAUSTED") == 1
+
+
+def test_a_large_stream_message_waits_for_room_instead_of_being_refused(start_server, bundles) -> None:
+    """A stream's large message is parsed once the budget has room (the stream reads nothing more
+    meanwhile), then answered; the budget is given back as each answer is sent."""
+    server = start_server(max_request_bytes_in_flight=BUDGET)
+    budget = server.app.core.request_bytes
+    entered, release = hold_inference(server)
+    outbox: queue.Queue = queue.Queue()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TextClassifierStub(channel)
+        first = stub.Classify.future(classify_request(LARGE, "news"), timeout=30)
+        assert entered.wait(10)
+        held = budget.in_flight
+        answers = stub.ClassifyStream(iter(outbox.get, None), timeout=30)
+        outbox.put(pb.ClassifyStreamRequest(id="big", request=classify_request(LARGE, "news")))
+        wait_until(lambda: budget.waiting == 1, what="the stream's message waiting for room")
+        assert budget.in_flight == held, "the stream's message was parsed and taken while the budget was full"
+        assert metric(scrape(server.metrics_url), "textclf_queue_depth", model="news", version="2") == 0
+        release.set()
+        assert len(first.result(20).predictions) == 2
+        answer = next(answers)
+        assert answer.id == "big" and len(answer.response.predictions) == 2
+        outbox.put(None)
+        assert list(answers) == []
+    wait_until(lambda: budget.in_flight == 0, what="the budget given back")
