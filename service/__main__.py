@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from service.memory import freeze_startup_objects
 from service.metrics import WORKER_INDEX_ENV
 from service.runtime import RuntimeConfigError
 from service.server import create_app
@@ -51,6 +52,8 @@ async def serve(settings: Settings, worker: str | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await app.start()
+    frozen = freeze_startup_objects()
+    logger.debug("%d start-up objects frozen out of the garbage collector", frozen)
     if worker is None:
         metrics = f"http://{settings.metrics_host}:{app.metrics_port}/metrics" if app.metrics_port is not None else "off"
         rest = f"; REST http://{settings.rest_host}:{app.rest_port}/v2" if app.rest_port is not None else ""
