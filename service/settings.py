@@ -109,10 +109,10 @@ class Settings(BaseSettings):
     # Batching
     batching: bool = _opt(True, "dynamic batching across concurrent requests (off = each request runs alone)")
     max_batch_size: int = _opt(64, "most texts in one onnxruntime call")
-    # ~7 ms of onnxruntime for the BBC LSTM (max_len 384) on one thread; per token, batches of 2-16
-    # long texts compute as fast as 64 (docs/service.md "Batching design")
+    # 21 texts of 384 tokens, ~30 ms of onnxruntime for the BBC LSTM on one thread; smaller caps cost
+    # long-text throughput at c=64 through the server (docs/service.md "Batching design")
     max_batch_tokens: int = _opt(
-        2048, "most padded tokens (texts x longest text) in one onnxruntime call, so a request of many long texts is "
+        8192, "most padded tokens (texts x longest text) in one onnxruntime call, so a request of many long texts is "
               "computed in slices and other requests get in between (0 = no cap; a single longer text still runs)")
     max_queue_delay_ms: float = _opt(0.0, "longest a text waits for batch-mates once the worker is free (0 = greedy)")
     max_queue_size: int = _opt(1024, "most texts waiting per model version; beyond it RESOURCE_EXHAUSTED")
