@@ -67,6 +67,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--legit-fraction", type=float, default=0.5, help="legitimate load as a fraction of capacity")
     p.add_argument("--seconds", type=float, default=20.0, help="duration of the no-attack and the attack phase")
     p.add_argument("--after-seconds", type=float, default=10.0)
+    p.add_argument("--late-seconds", type=float, default=30.0,
+                   help="a second look at RSS and threads this long after the attack (gRPC core's own thread "
+                        "pool retires threads it added under load after ~20 s idle); 0 = none")
     p.add_argument("--hostile-clients", type=int, default=2, help="closed-loop callers per hostile request kind")
     p.add_argument("--never-read-streams", type=int, default=4)
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
@@ -75,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "hostile.json")
     args = p.parse_args(argv)
     if args.quick:
-        args.capacity_seconds, args.seconds, args.after_seconds = 1.0, 2.0, 1.0
+        args.capacity_seconds, args.seconds, args.after_seconds, args.late_seconds = 1.0, 2.0, 1.0, 0.0
         args.concurrency, args.legit_clients, args.hostile_clients, args.never_read_streams = 4, 2, 1, 1
     return args
 
@@ -310,6 +313,10 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     logger.info("under attack: %s", attacked)
     await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
     after = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
+    late = None
+    if args.late_seconds > args.after_seconds:
+        await asyncio.sleep(args.late_seconds - args.after_seconds)
+        late = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
     hostile_max = max((k["max_ms"] for k in hostile["kinds"].values() if k["requests"]), default=float("nan"))
     goals = {
         "legit_p99_under_attack_le_2x": attacked["p99_ms"] <= GOALS["legit_p99_under_attack_le_2x"] * baseline["p99_ms"],
@@ -318,7 +325,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
         "no_thread_growth": after["threads"] <= rss_baseline["threads"],
     }
     return {"capacity": capacity, "legit_rate_per_s": rate, "start": before, "no_attack": baseline,
-            "no_attack_end": rss_baseline, "attack": attacked, "hostile": hostile, "after": after,
+            "no_attack_end": rss_baseline, "attack": attacked, "hostile": hostile, "after": after, "late": late,
             "hostile_max_ms": hostile_max, "goals": goals}
 
 
@@ -336,6 +343,10 @@ def format_report(result: dict) -> str:
     lines.append(f"| end of no attack (idle) | | | | | | {idle['rss_mb']} | {idle['threads']} |")
     lines.append(f"| {result.get('after_seconds', 10):.0f} s after the attack | | | | | | {after['rss_mb']} "
                  f"| {after['threads']} |")
+    late = result.get("late")
+    if late:
+        lines.append(f"| {result.get('late_seconds', 30):.0f} s after the attack | | | | | | {late['rss_mb']} "
+                     f"| {late['threads']} |")
     lines += ["", "| hostile request | sent | statuses | answered within 1 s | p50 ms | max ms |",
               "|---|---|---|---|---|---|"]
     for kind, row in result["hostile"]["kinds"].items():
@@ -370,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run(args, server, texts))
     finally:
         server.stop()
-    result["after_seconds"] = args.after_seconds
+    result["after_seconds"], result["late_seconds"] = args.after_seconds, args.late_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
     support.write_json(args.output, report)
     print(format_report(result))

@@ -33,10 +33,12 @@ def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
     assert {"textclf/nfkc-18x", "kserve/no-space", "kserve/1M-empty-elements"} <= set(kinds)
     for kind, row in kinds.items():
         assert row["requests"] > 0 and sum(row["codes"].values()) == row["requests"], kind
-    # refused from the declared shape; a call that waited over grpc_max_unrequested_seconds (1 s) in
-    # gRPC core's backlog on a busy machine is shed as CANCELLED before any servicer sees it
+    # never answered: refused from the declared shape (INVALID_ARGUMENT), or before it is parsed while
+    # other large requests are in flight (RESOURCE_EXHAUSTED, max_request_bytes_in_flight); a call that
+    # waited over grpc_max_unrequested_seconds (1 s) in gRPC core's backlog on a busy machine is shed
+    # as CANCELLED before any servicer sees it
     empty = kinds["kserve/1M-empty-elements"]["codes"]
-    assert set(empty) <= {"INVALID_ARGUMENT", "CANCELLED"} and empty.get("INVALID_ARGUMENT", 0) > 0, empty
+    assert set(empty) <= {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "CANCELLED"}, empty
     assert set(result["goals"]) == {"legit_p99_under_attack_le_2x", "hostile_answered_within_1s",
                                     "rss_after_within_100mb", "no_thread_growth"}
     assert result["after"]["rss_mb"] > 0 and result["after"]["threads"] > 0
