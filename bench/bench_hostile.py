@@ -252,8 +252,16 @@ async def _hostile_attack(address: str, model: str, clients: int, streams: int, 
 
 def _attack_process(address: str, model: str, clients: int, streams: int, seconds: float, out) -> None:
     """The hostile clients in their own process, so building and sending 4 MiB messages does not
-    slow the legitimate clients' event loop."""
-    out.put(asyncio.run(_hostile_attack(address, model, clients, streams, seconds)))
+    slow the legitimate clients' event loop. Reports the CPU the attacker itself used: on one
+    machine it is taken from the server and the legitimate clients."""
+    import resource
+
+    start, began = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    result = asyncio.run(_hostile_attack(address, model, clients, streams, seconds))
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    used = (end.ru_utime + end.ru_stime) - (start.ru_utime + start.ru_stime)
+    result["attacker_cpu_cores"] = used / max(time.monotonic() - began, 1e-9)
+    out.put(result)
 
 
 # ----------------------------------------------------------------------------- server-side timing
@@ -354,6 +362,8 @@ def format_report(result: dict) -> str:
                      f"| {row['max_ms']:.0f} |")
     lines.append(f"| ClassifyStream never read ({result['hostile']['never_read_streams']} streams) "
                  f"| {result['hostile']['never_read_messages_written']} messages written | – | – | – | – |")
+    if "attacker_cpu_cores" in result["hostile"]:
+        lines.append(f"\nthe attacker's own process used {result['hostile']['attacker_cpu_cores']:.2f} cores of this machine")
     lines += ["", "server side (from the servicer taking a hostile request to its answer):"]
     for api, row in result["hostile"]["server_side"].items():
         lines.append(f"- {api}: {row['within']:.0f} of {row['answered']:.0f} answered within 1 s")
