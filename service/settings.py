@@ -134,9 +134,9 @@ class Settings(BaseSettings):
         128, "concurrent calls (HTTP/2 streams) one client connection may open; more wait in the client "
              "(0 = gRPC default, unlimited)")
     max_request_bytes_in_flight: int = _opt(
-        8 * 1024 * 1024, "bytes of large unary requests (over 64 KiB each) parsed and handled at once per process; beyond "
-                         "it such a request gets RESOURCE_EXHAUSTED before it is parsed (one is always taken when "
-                         "none is in flight; 0 = no limit)")
+        8 * 1024 * 1024, "bytes of large requests (over 64 KiB each) parsed and handled at once per process; beyond it "
+                         "a unary request gets RESOURCE_EXHAUSTED before it is parsed and a stream's message waits for "
+                         "room (one is always taken when none is in flight; 0 = no limit)")
     tokenize_workers: int = _opt(1, "threads tokenizing requests too large to tokenize on the event loop (all models)")
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
