@@ -6,7 +6,7 @@ freed pages: after a burst of large requests the process's RSS stays hundreds of
 value although nothing holds that memory. ``MemoryTrimmer`` checks the RSS once a second from its
 own thread and, when it is more than ``threshold_mb`` above the RSS the server had when it
 started serving, calls glibc's ``malloc_trim(0)``, which returns the free pages of every heap
-(docs/reliability.md "Memory after an attack"). It never touches live memory, so answers are
+(docs/reliability.md, "Freed memory goes back to the OS after bursts"). It never touches live memory, so answers are
 unaffected; on a C library without ``malloc_trim`` (musl) it logs once and does nothing.
 """
 from __future__ import annotations
@@ -31,8 +31,9 @@ def rss_bytes() -> int:
 
 
 # Allocations between young-generation collections (CPython's default 700): a call allocates a
-# few hundred tracked objects, so the default collects every few calls; 10,000 measured +4-9 %
-# short-text throughput at c=64 (docs/benchmarks.md "The request path").
+# few hundred tracked objects, so the default collects every few calls; 10,000 gave +4 % and +9 %
+# short-text req/s at c=64 in two interleaved pairs, inside this host's noise (docs/benchmarks.md
+# "Session 5: GC freeze, batch token cap, request-bytes budget").
 YOUNG_COLLECTION_THRESHOLD = 10_000
 
 
@@ -41,10 +42,10 @@ def freeze_startup_objects() -> int:
     machinery: ~53k tracked objects) out of the cyclic garbage collector's reach (``gc.freeze``).
     A full collection then looks only at what requests allocate: 0.01 ms instead of 26-40 ms, and
     under load full collections would otherwise stall the event loop that often
-    (docs/benchmarks.md "The request path"). Called once by the server process's entry point, not
+    (docs/benchmarks.md "Session 5: GC freeze, batch token cap, request-bytes budget"). Called once by the server process's entry point, not
     by embedders (frozen objects are never collected, so a process that starts and stops many
     servers would keep their cycles). Also raises the young-generation threshold
-(``YOUNG_COLLECTION_THRESHOLD``). Returns the number of objects frozen."""
+    (``YOUNG_COLLECTION_THRESHOLD``). Returns the number of objects frozen."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])

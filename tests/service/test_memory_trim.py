@@ -1,5 +1,5 @@
-"""Freed memory goes back to the OS after bursts (service/memory.py, docs/reliability.md "Memory
-after an attack"). The heap state that a burst of large messages leaves behind (glibc's raised
+"""Freed memory goes back to the OS after bursts (service/memory.py, docs/reliability.md "Freed
+memory goes back to the OS after bursts"). The heap state that a burst of large messages leaves behind (glibc's raised
 mmap threshold, freed blocks below a live one) is built deterministically with ctypes in a fresh
 process, so the test does not depend on how a burst happens to be laid out."""
 from __future__ import annotations
