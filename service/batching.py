@@ -472,8 +472,9 @@ class DynamicBatcher(_Base):
                 low, high = new_low, new_high
             else:
                 rest.append(item)
-        if candidates is not self._pending:
-            rest.sort(key=self._pending_order().__getitem__)  # the queue stays in arrival order
+        if candidates is not self._pending:  # the queue stays in arrival order
+            chosen = set(batch)
+            rest = [item for item in self._pending if item not in chosen]
         self._pending = rest
         self._dequeued(batch)
         self._set_depth()
@@ -499,9 +500,6 @@ class DynamicBatcher(_Base):
             return self._pending
         self._owed_fifo = True
         return sorted(self._pending, key=lambda item: item.request.served)
-
-    def _pending_order(self) -> dict[_Item, int]:
-        return {item: position for position, item in enumerate(self._pending)}
 
     async def _compute(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()

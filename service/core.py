@@ -180,11 +180,9 @@ class InferenceCore:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidArgument(f"text {i} is not a string")
-            if len(text) * 4 <= max_bytes or text.isascii():  # UTF-8: at most 4 bytes a character, 1 if ASCII
-                if len(text) <= max_bytes:
-                    continue
-                raise InvalidArgument(f"text {i} is {len(text)} bytes; the limit is {max_bytes} bytes (UTF-8)")
-            size = len(text.encode("utf-8", errors="surrogatepass"))
+            if len(text) * 4 <= max_bytes:  # UTF-8 takes at most 4 bytes a character
+                continue
+            size = len(text) if text.isascii() else len(text.encode("utf-8", errors="surrogatepass"))
             if size > max_bytes:
                 raise InvalidArgument(f"text {i} is {size} bytes; the limit is {max_bytes} bytes (UTF-8)")
         return texts

@@ -321,8 +321,6 @@ def stream(api: str) -> Callable[[Callable[..., AsyncIterator[T]]], Callable[...
             self.core.call_started(context, stream=True)
             budget, taken = self.core.request_bytes, deque()
             try:
-                if isinstance(request, UnparsedRequest):  # the one request of a unary-stream call
-                    request = request.parse()
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
                 if hasattr(request, "__aiter__"):  # a request stream: undecodable messages end it,
