@@ -23,8 +23,8 @@ scheduler task that forms batches:
   batch's longest/shortest token count stays within ``length_bucket_ratio`` (lengths under
   ``SHORT_FLOOR`` count as ``SHORT_FLOOR``), so short texts do not pay for long texts' padding;
 * bounded batches: at most ``max_batch_size`` texts and ``max_batch_tokens`` padded tokens (texts x
-  the longest), so one onnxruntime call lasts a bounded time (~30 ms for the default model at 8192)
-  and a request of many long texts is computed in slices;
+  the longest), so one onnxruntime call lasts a bounded time (32 ms for the default model at 8192:
+  bench/results/ort_batch_sweep.json) and a request of many long texts is computed in slices;
 * fairness between requests (docs/service.md "Batching design"): the anchor is the oldest waiting text
   (FIFO) unless a request has already had texts computed (it is being sliced); then batches
   alternate between the oldest text and the text of the request with the fewest tokens computed

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     # Batching
     batching: bool = _opt(True, "dynamic batching across concurrent requests (off = each request runs alone)")
     max_batch_size: int = _opt(64, "most texts in one onnxruntime call")
-    # 21 texts of 384 tokens, ~30 ms of onnxruntime for the BBC LSTM on one thread; smaller caps cost
+    # 21 texts of 384 tokens, 32 ms of onnxruntime for the BBC LSTM on one thread; smaller caps cost
     # long-text throughput at c=64 through the server (docs/service.md "Batching design")
     max_batch_tokens: int = _opt(
         8192, "most padded tokens (texts x longest text) in one onnxruntime call, so a request of many long texts is "
