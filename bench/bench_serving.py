@@ -38,7 +38,7 @@ logger = logging.getLogger("bench.serving")
 
 LOAD_SCRIPT = Path(__file__).resolve().parent / "serving_load.py"
 WORKER_TIMEOUT_S = 120.0
-FLOOR_KINDS = {"grpc-floor": "aio", "grpc-floor-sync": "sync"}
+FLOOR_KINDS = {"grpc-floor": "aio", "grpc-floor-deep": "aio-deep", "grpc-floor-sync": "sync"}
 SERVER_BASE_ENV = dict(os.environ)  # the servers get the caller's environment (+ --server-env), untouched
 
 

@@ -1,11 +1,13 @@
 """The gRPC floor of the serving benchmark: the textclf.v1 API with no model behind it.
 
-    .venv/bin/python bench/grpc_floor_server.py --port 50070 [--kind aio|sync]
+    .venv/bin/python bench/grpc_floor_server.py --port 50070 [--kind aio|aio-deep|sync]
 
 ``Classify`` parses the request (the generated deserializer, as the real server does) and answers
 a fixed one-prediction ``ClassifyResponse`` of the real shape: no tokenization, no batching, no
 onnxruntime, no metrics. ``--kind aio`` is the real server's stack (``grpc.aio.server`` with the
-same channel options as ``python -m service``); ``--kind sync`` is grpcio's thread-pool server, for
+same channel options as ``python -m service``) with grpcio's own intake (one call requested from gRPC
+core at a time); ``--kind aio-deep`` adds the service's deeper intake (``service/intake.py``, the
+default ``grpc_intake_depth``); ``--kind sync`` is grpcio's thread-pool server, for
 comparison. Driven by the same load generator as the real server, it measures what the Python gRPC
 stack alone costs on this machine: the highest request rate and the lowest latency any servicer on
 that stack can reach, i.e. an upper bound for the served cells (docs/benchmarks.md). Also serves the
@@ -29,6 +31,7 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 
+from service.intake import CallIntake  # noqa: E402
 from service.server import grpc_server_options  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from textclf_protos.textclf.v1 import textclf_pb2 as pb  # noqa: E402
@@ -36,7 +39,7 @@ from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc  # noqa: E402
 
 logger = logging.getLogger("bench.grpc_floor")
 
-KINDS = ("aio", "sync")
+KINDS = ("aio", "aio-deep", "sync")
 RESPONSE = pb.ClassifyResponse(
     model="floor", version=1,
     predictions=[pb.Prediction(label="sports", probability=0.97,
@@ -53,8 +56,9 @@ class SyncFloorServicer(pb_grpc.TextClassifierServicer):
         return RESPONSE
 
 
-async def serve_aio(port: int) -> None:
+async def serve_aio(port: int, intake_depth: int) -> None:
     server = grpc.aio.server(options=grpc_server_options(Settings()))
+    intake = CallIntake(server, intake_depth)
     pb_grpc.add_TextClassifierServicer_to_server(AsyncFloorServicer(), server)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -62,6 +66,7 @@ async def serve_aio(port: int) -> None:
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise OSError(f"cannot bind 127.0.0.1:{port}")
     await server.start()
+    intake.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=128, help="handler threads of --kind sync")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.kind == "aio":
-        asyncio.run(serve_aio(args.port))
+    if args.kind in ("aio", "aio-deep"):
+        asyncio.run(serve_aio(args.port, Settings().grpc_intake_depth if args.kind == "aio-deep" else 1))
     else:
         serve_sync(args.port, args.threads)
     return 0

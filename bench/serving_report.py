@@ -22,6 +22,7 @@ MODE_LABELS = {
     "kserve-rest": "(h) KServe v2 infer over HTTP/REST (JSON, keep-alive), batching on, its own server with the REST "
                    "port on",
     "grpc-floor": "(f) gRPC floor: textclf.v1 Classify on the same grpc.aio stack, fixed answer, no model",
+    "grpc-floor-deep": "(f'') gRPC floor with the service's deeper call intake (grpc_intake_depth)",
     "grpc-floor-sync": "(f') gRPC floor on grpcio's thread-pool (sync) server, fixed answer, no model",
 }
 

@@ -169,6 +169,9 @@ class ServiceMetrics:
         self.dropped = Counter("textclf_dropped_texts",
                                "Texts dropped before compute (reason: deadline | cancelled)",
                                ["model", "version", "reason"], registry=r)
+        self.calls_refused = Counter("textclf_calls_refused",
+                                     "Calls refused before their request was read (reason: max_concurrent_rpcs)",
+                                     ["reason"], registry=r)
         self.rejected = Counter("textclf_rejected_texts", "Texts refused because the queue was full",
                                 ["model", "version"], registry=r)
         self.model_loaded = Gauge("textclf_model_loaded", "1 for every loaded model version",

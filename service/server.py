@@ -22,7 +22,9 @@ from grpc_reflection.v1alpha import reflection
 
 from service.api import kserve, textclf_v1
 from service.api.descriptors import reflection_pool
+from service.call_limit import ConcurrentCallLimit
 from service.core import InferenceCore
+from service.intake import CallIntake
 from service.memory import MemoryTrimmer
 from service.metrics import ServiceMetrics
 from service.repository import ModelRepository, RepositoryEvent
@@ -82,7 +84,7 @@ class App:
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics, executor: concurrent.futures.Executor,
                  repository: ModelRepository, core: InferenceCore, health_servicer: health.aio.HealthServicer,
-                 server: grpc.aio.Server, port: int, service_names: list[str]) -> None:
+                 server: grpc.aio.Server, port: int, service_names: list[str], intake: CallIntake) -> None:
         self.settings = settings
         self.metrics = metrics
         self.executor = executor
@@ -92,6 +94,8 @@ class App:
         self.server = server
         self.port = port
         self.service_names = service_names
+        self.intake = intake
+        self.call_limit: ConcurrentCallLimit | None = None  # max_concurrent_rpcs, when set
         self.metrics_port: int | None = None
         self.rest = None  # service.api.http11.HTTPServer when rest_port >= 0
         self.rest_port: int | None = None
@@ -101,6 +105,7 @@ class App:
 
     async def start(self) -> None:
         await self.server.start()
+        self.intake.start()
         if self.rest is not None:
             await self.rest.start()
         if self.settings.metrics_port >= 0:
@@ -193,8 +198,13 @@ async def create_app(settings: Settings, *, reuse_port: bool = False, span_expor
     await repository.load_all()
     core = InferenceCore(settings, repository, metrics)
     core.tracer = build_tracer(settings, span_exporter)  # None when tracing is off
-    server = grpc.aio.server(options=grpc_server_options(settings, reuse_port=reuse_port),
-                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None)
+    call_limit = None  # not grpcio's own maximum_concurrent_rpcs: it would not count the deeper intake's calls
+    if settings.max_concurrent_rpcs > 0:
+        call_limit = ConcurrentCallLimit(settings.max_concurrent_rpcs,
+                                         on_refused=metrics.calls_refused.labels("max_concurrent_rpcs").inc)
+    interceptors = () if call_limit is None else (call_limit,)
+    server = grpc.aio.server(options=grpc_server_options(settings, reuse_port=reuse_port), interceptors=interceptors)
+    intake = CallIntake(server, settings.grpc_intake_depth, interceptors)  # before any servicer is added
     service_names = register_servicers(server, core)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", NOT_SERVING)  # SERVING once started
@@ -206,7 +216,8 @@ async def create_app(settings: Settings, *, reuse_port: bool = False, span_expor
     if port == 0:
         raise OSError(f"cannot bind gRPC port {address}")
     logger.info("models loaded: %s", ", ".join(f"{m.name}/{m.version}" for m in repository.loaded()) or "none")
-    app = App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names)
+    app = App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names, intake)
+    app.call_limit = call_limit
     if settings.rest_port >= 0:  # KServe v2 over HTTP/REST (docs/rest.md); imported only when on
         from service.api.rest import build_server
 

@@ -130,6 +130,10 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = _opt(
         1024, "RPCs handled at once per process (a stream counts as one); beyond it new calls get RESOURCE_EXHAUSTED "
               "(0 = unlimited)")
+    grpc_intake_depth: int = _opt(
+        4, "calls requested from gRPC core at once per method: grpcio requests one and takes the next only after "
+           "it arrived, so under load one event-loop turn takes one call; deeper lets a turn take several "
+           "(1 = grpcio's own intake)")
     max_concurrent_streams: int = _opt(
         128, "concurrent calls (HTTP/2 streams) one client connection may open; more wait in the client "
              "(0 = gRPC default, unlimited)")
@@ -209,7 +213,7 @@ class Settings(BaseSettings):
         for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_batch_size", "max_queue_size",
                      "max_texts_per_request", "max_text_bytes", "stream_max_in_flight", "inference_workers",
                      "max_queue_tokens", "workers", "tokenize_workers", "tokenize_max_backlog_texts",
-                     "rest_max_connections"):
+                     "rest_max_connections", "grpc_intake_depth"):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
