@@ -50,7 +50,7 @@ FLOOR = "floor"
 class Variant:
     name: str
     tree: Path | None  # None: the gRPC floor server
-    flags: list[str]
+    flags: list[str]  # the floor: [its --kind]
 
 
 def parse_variant(text: str) -> Variant:
@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="news")
     p.add_argument("--variant", action="append", default=[], help="NAME=SOURCE_TREE[:extra server flags]")
     p.add_argument("--floor", action="store_true", help="also the gRPC floor (textclf.v1 Classify only)")
+    p.add_argument("--floor-deep", action="store_true",
+                   help="also the gRPC floor with the service's deeper call intake (grpc_intake_depth)")
     p.add_argument("--apis", nargs="+", default=["textclf"], choices=["textclf", "kserve"])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     p.add_argument("--calls", type=int, default=2000, help="measured calls per cell")
@@ -76,13 +78,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.variants = [parse_variant(v) for v in args.variant] or [Variant("this", ROOT, [])]
     if args.floor:
-        args.variants.append(Variant(FLOOR, None, []))
+        args.variants.append(Variant(FLOOR, None, ["aio"]))
+    if args.floor_deep:
+        args.variants.append(Variant(f"{FLOOR}-deep", None, ["aio-deep"]))
     return args
 
 
 def start(variant: Variant, bundle: support.Bundle, log_dir: Path) -> support.ServerProcess:
     if variant.tree is None:
-        return support.start_floor_server("aio", log_dir)
+        return support.start_floor_server(variant.flags[0], log_dir)
     port, metrics_port = support.free_port(), support.free_port()
     command = support.server_command(bundle.repository, port, metrics_port, True, 1, variant.flags)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from service.memory import freeze_startup_objects
+from service.memory import freeze_startup_objects, limit_malloc_arenas
 from service.metrics import WORKER_INDEX_ENV
 from service.runtime import RuntimeConfigError
 from service.server import create_app
@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_supervisor(settings, sys.argv[1:] if argv is None else list(argv))
     if worker is not None:
         _die_with_supervisor()
+    limit_malloc_arenas(settings.malloc_arena_max)  # before the server's threads exist
     try:
         asyncio.run(serve(settings, worker))
     except (RuntimeConfigError, SettingsError) as exc:  # e.g. bad TLS files, unreadable token file

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import grpc
 
@@ -40,15 +40,18 @@ class CallIntake:
     requests outstanding in gRPC core. Create it before any handler is added."""
 
     def __init__(self, server: grpc.aio.Server, depth: int,
-                 interceptors: tuple[grpc.aio.ServerInterceptor, ...] = ()) -> None:
+                 interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
+                 gate: Callable[[], Awaitable[None]] | None = None) -> None:
         self.server = server
         self.depth = depth
         self.interceptors = tuple(interceptors)
+        self.gate = gate  # awaited before each extra request: the extra intake pauses while it waits
         self.calls_taken = 0  # calls this intake took (grpcio's own loop takes the others)
         self.generic_handlers: list[Any] = []
         self.registered: dict[str, Any] = {}
         self._tasks: set[asyncio.Task] = set()
         self._rpc_tasks: set[asyncio.Task] = set()
+        self._gated: set[asyncio.Task | None] = set()  # intake tasks paused by the gate
         self._record_registrations()
 
     def _record_registrations(self) -> None:
@@ -72,6 +75,13 @@ class CallIntake:
     def running(self) -> bool:
         return bool(self._tasks)
 
+    def close(self) -> None:
+        """After the server stopped: end the intake tasks the gate still holds (the others end
+        when gRPC core fails their outstanding requests at shutdown)."""
+        for task in list(self._gated):
+            if task is not None:
+                task.cancel()
+
     def start(self) -> bool:
         """Call after ``server.start()``. Returns whether extra intake runs."""
         if self.depth <= 1:
@@ -94,6 +104,17 @@ class CallIntake:
         loop = asyncio.get_running_loop()
         method_bytes = method.encode()
         while cy_server.is_running():
+            if self.gate is not None:
+                task = asyncio.current_task()
+                self._gated.add(task)
+                try:
+                    await self.gate()
+                except asyncio.CancelledError:
+                    return  # close(): the server stopped while this intake paused
+                finally:
+                    self._gated.discard(task)
+                if not cy_server.is_running():
+                    return
             try:
                 rpc_state = await cy_server._request_registered_call(method_bytes)
             except _REQUEST_CALL_ERROR:

@@ -62,6 +62,28 @@ def _load_malloc_trim() -> Callable[[int], int] | None:
     return trim  # ctypes releases the GIL while it runs
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def limit_malloc_arenas(count: int) -> bool:
+    """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX)``; call before the server's threads start).
+    glibc gives each new thread its own arena, up to 8 per core; large request buffers freed in one
+    arena while small objects of other threads stay live in it leave pages ``malloc_trim`` cannot
+    return. With 2 arenas the RSS 10 s after the hostile benchmark was +80/+87 MB instead of
+    +128/+152 MB (docs/reliability.md, session 7). A ``MALLOC_ARENA_MAX`` in the environment wins;
+    0 or a C library without ``mallopt`` (musl): glibc's default. Returns whether the cap was set."""
+    if count <= 0 or os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        logger.info("mallopt is not available in this C library: malloc arenas are not capped")
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_ARENA_MAX, count))
+
+
 class MemoryTrimmer:
     """One daemon thread, started with the server (so the thread count never changes under load)."""
 

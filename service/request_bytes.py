@@ -28,6 +28,13 @@ class RequestBytesBudget:
         self.in_flight = 0
         self.waiting = 0  # stream messages waiting for room
         self._freed: asyncio.Event | None = None  # created on the loop by the first waiter
+        self._none_in_flight = asyncio.Event()
+        self._none_in_flight.set()
+
+    async def wait_none_in_flight(self) -> None:
+        """Return once no large request is in flight (at once when none is)."""
+        if self.in_flight:
+            await self._none_in_flight.wait()
 
     def _fits(self, size: int) -> bool:
         return not self.in_flight or self.in_flight + size <= self.limit
@@ -41,6 +48,7 @@ class RequestBytesBudget:
                 f"too many large requests in flight ({self.in_flight} bytes, this one {size}, limit "
                 f"max_request_bytes_in_flight={self.limit}); retry later")
         self.in_flight += size
+        self._none_in_flight.clear()
         return size
 
     async def take_when_free(self, size: int) -> int:
@@ -58,9 +66,12 @@ class RequestBytesBudget:
         finally:
             self.waiting -= 1
         self.in_flight += size
+        self._none_in_flight.clear()
         return size
 
     def give(self, size: int) -> None:
         self.in_flight -= size
+        if not self.in_flight:
+            self._none_in_flight.set()
         if size and self._freed is not None:
             self._freed.set()

@@ -138,6 +138,7 @@ class App:
             logger.warning("grace period of %.1f s over with %d call(s) still running", grace,
                            self.core.calls_in_flight)
         await self.server.stop(max(0.0, deadline - time.monotonic()))
+        self.intake.close()
         if self.rest is not None:
             await self.rest.close()
         await self.repository.close()
@@ -204,7 +205,8 @@ async def create_app(settings: Settings, *, reuse_port: bool = False, span_expor
                                          on_refused=metrics.calls_refused.labels("max_concurrent_rpcs").inc)
     interceptors = () if call_limit is None else (call_limit,)
     server = grpc.aio.server(options=grpc_server_options(settings, reuse_port=reuse_port), interceptors=interceptors)
-    intake = CallIntake(server, settings.grpc_intake_depth, interceptors)  # before any servicer is added
+    # before any servicer is added; the extra intake pauses while large requests are in flight
+    intake = CallIntake(server, settings.grpc_intake_depth, interceptors, gate=core.request_bytes.wait_none_in_flight)
     service_names = register_servicers(server, core)
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", NOT_SERVING)  # SERVING once started

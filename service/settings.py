@@ -145,6 +145,9 @@ class Settings(BaseSettings):
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
              "(a request arriving when they are idle is always taken)")
+    malloc_arena_max: int = _opt(
+        2, "glibc malloc arenas of a server process, set at start (0 = glibc's default, 8 per core; a MALLOC_ARENA_MAX "
+           "in the environment wins): few arenas keep memory freed after bursts of large requests returnable")
     memory_trim_mb: int = _opt(
         64, "when RSS is this many MB over its value at start, return freed memory to the OS (glibc malloc_trim, "
             "checked once a second by one thread; 0 = off)")
@@ -217,7 +220,8 @@ class Settings(BaseSettings):
             check(getattr(self, name) >= 1, name, "must be >= 1")
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
-                     "max_concurrent_streams", "max_batch_tokens", "memory_trim_mb", "max_request_bytes_in_flight"):
+                     "max_concurrent_streams", "max_batch_tokens", "memory_trim_mb", "max_request_bytes_in_flight",
+                     "malloc_arena_max"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",
                      "max_connection_age_grace_seconds", "max_connection_idle_seconds"):

@@ -8,6 +8,7 @@ import threading
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.client import TextclfClient
 from service import intake as intake_module
@@ -149,3 +150,30 @@ def test_a_call_cancelled_while_held_frees_its_place(start_server, bundles) -> N
         wait_until(lambda: _active(server) == 0, what="the cancelled call's place freed")
         release.set()
         assert stub.Classify(pb.ClassifyRequest(model="news", texts=["third"]), timeout=10).predictions
+
+
+def test_extra_intake_pauses_while_a_large_request_is_in_flight(start_server, bundles) -> None:
+    """Large requests in flight (over 64 KiB each, service/request_bytes.py): only grpcio's own
+    intake takes calls, so a burst of large messages is received no faster than with depth 1."""
+    depth = 4
+    server = start_server(grpc_intake_depth=depth)
+    intake = server.app.intake
+    entered, release = hold_inference(server)
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        large = pb_grpc.TextClassifierStub(channel).Classify.future(
+            pb.ClassifyRequest(model="news", texts=["word " * 8000] * 2), timeout=30)
+        assert entered.wait(10)
+        assert server.app.core.request_bytes.in_flight > 0
+        taken = intake.calls_taken
+        for _ in range(10):
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        # only requests the extra intake had asked for before the large one arrived (at most one per task)
+        assert intake.calls_taken - taken <= depth - 1
+        release.set()
+        assert large.result().predictions
+        wait_until(lambda: server.app.core.request_bytes.in_flight == 0, what="the large request's bytes given back")
+        taken = intake.calls_taken
+        for _ in range(10):
+            health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert intake.calls_taken - taken >= 5

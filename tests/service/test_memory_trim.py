@@ -57,6 +57,37 @@ def test_nothing_is_trimmed_below_the_threshold() -> None:
     assert held >= 90 and released == 0 and after >= 90
 
 
+ARENA_PROBE = r"""
+import ctypes, os, sys, threading
+from service.memory import limit_malloc_arenas
+os.environ.pop("MALLOC_ARENA_MAX", None)
+print(limit_malloc_arenas(int(sys.argv[1])), flush=True)
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+start = threading.Barrier(8)
+def allocate():  # a new thread's first malloc takes a new arena while glibc's cap allows
+    start.wait()
+    libc.free(libc.malloc(4096))
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc.malloc_stats()  # one "Arena N:" block per arena, on stderr
+"""
+
+
+def count_arenas(cap: int) -> tuple[str, int]:
+    result = subprocess.run([sys.executable, "-c", ARENA_PROBE, str(cap)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=True, env={"PATH": "/usr/bin:/bin"})
+    return result.stdout.strip(), sum(line.startswith("Arena ") for line in result.stderr.splitlines())
+
+
+def test_malloc_arenas_are_capped_at_start() -> None:
+    assert count_arenas(0)[1] >= 4, "glibc gives new threads their own arenas (the state the cap exists for)"
+    was_set, arenas = count_arenas(2)
+    assert was_set == "True" and 1 <= arenas <= 2
+
+
 def test_the_server_runs_one_trimmer_thread_and_counts_what_it_returns(start_server, bundles) -> None:
     server = start_server(memory_trim_mb=64)
     trimmer = server.app.memory_trimmer
