@@ -549,8 +549,8 @@ class DirectScheduler(_Base):
         alone, so tokenizing it elsewhere would only add a thread hand-off)."""
         self._admit(self._in_flight, len(texts))
         tokens = self._upper_bound_tokens(len(texts))  # tokenized in the job: counted at max_len
-        self._admit_tokens(len(texts), tokens)
-        self._track(len(texts), tokens)
+        self._admit_tokens(len(texts), tokens)  # counts the tokens: _track below counts the texts only
+        self._track(len(texts), 0)
         lock = threading.Lock()
         phase = ["queued"]  # queued -> running | cancelled | expired
         enqueued = time.monotonic()

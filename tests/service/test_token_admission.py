@@ -83,3 +83,23 @@ def test_a_request_in_the_tokenizer_counts_max_len_a_text(start_server, bundles)
         assert large.result(timeout=20).version == 2
         wait_until(lambda: scheduler.queued_tokens == 0, what="empty queue")
         assert stub.Classify(classify_request(["a"], "news"), timeout=10).version == 2
+
+
+def test_batching_off_gives_back_every_token_it_admits(start_server, bundles) -> None:
+    """With batching off each request holds ``max_len`` tokens a text until its job is over and then
+    gives all of them back (it counted them twice and gave back once: after max_queue_tokens / max_len
+    requests every request was refused, on an idle server)."""
+    server = start_server(batching=False, max_queue_tokens=256)  # the tiny bundles' max_len is 64
+    scheduler = server.app.core.get_model("news").scheduler
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TextClassifierStub(channel)
+        for _ in range(3 * 256 // 64):  # three times what a leak of max_len a request would allow
+            assert stub.Classify(classify_request(["a", words(5)], "news"), timeout=10).version == 2
+            wait_until(lambda: scheduler.queued_tokens == 0, what="every token given back")
+        entered, release = hold_inference(server)
+        held = stub.Classify.future(classify_request(["a", "b"], "news"), timeout=30)
+        assert entered.wait(10)
+        assert scheduler.queued_tokens == 2 * 64  # counted once, at max_len a text
+        release.set()
+        assert held.result(timeout=20).version == 2
+    wait_until(lambda: scheduler.queued_tokens == 0, what="every token given back")
