@@ -11,12 +11,9 @@ when its task ends, however it ends (answered, failed, cancelled by the client o
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any, Awaitable, Callable
 
 import grpc
-
-logger = logging.getLogger(__name__)
 
 
 class ConcurrentCallLimit(grpc.aio.ServerInterceptor):

@@ -52,14 +52,19 @@ def freeze_startup_objects() -> int:
     return gc.get_freeze_count()
 
 
-def _load_malloc_trim() -> Callable[[int], int] | None:
+def _libc_function(name: str, argtypes: list[type], restype: type) -> Callable[..., int] | None:
+    """``name`` from the C library, typed; None where it has none (e.g. musl has no ``malloc_trim``).
+    ctypes releases the GIL while it runs."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
     except (OSError, AttributeError):
         return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim  # ctypes releases the GIL while it runs
+    function.argtypes, function.restype = argtypes, restype
+    return function
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    return _libc_function("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
@@ -69,18 +74,15 @@ def limit_malloc_arenas(count: int) -> bool:
     """Cap glibc's malloc arenas (``mallopt(M_ARENA_MAX)``; call before the server's threads start).
     glibc gives each new thread its own arena, up to 8 per core; large request buffers freed in one
     arena while small objects of other threads stay live in it leave pages ``malloc_trim`` cannot
-    return. With 2 arenas the RSS 10 s after the hostile benchmark was +80/+87 MB instead of
-    +128/+152 MB (docs/reliability.md, session 7). A ``MALLOC_ARENA_MAX`` in the environment wins;
+    return. With 2 arenas the RSS 10 s after the hostile benchmark was +76/+81/+87 MB instead of
+    +129/+153 MB (docs/reliability.md "Fifth pass"). A ``MALLOC_ARENA_MAX`` in the environment wins;
     0 or a C library without ``mallopt`` (musl): glibc's default. Returns whether the cap was set."""
     if count <= 0 or os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
+    if mallopt is None:
         logger.info("mallopt is not available in this C library: malloc arenas are not capped")
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(M_ARENA_MAX, count))
 
 

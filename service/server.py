@@ -84,7 +84,8 @@ class App:
 
     def __init__(self, settings: Settings, metrics: ServiceMetrics, executor: concurrent.futures.Executor,
                  repository: ModelRepository, core: InferenceCore, health_servicer: health.aio.HealthServicer,
-                 server: grpc.aio.Server, port: int, service_names: list[str], intake: CallIntake) -> None:
+                 server: grpc.aio.Server, port: int, service_names: list[str], intake: CallIntake,
+                 call_limit: ConcurrentCallLimit | None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.executor = executor
@@ -95,7 +96,7 @@ class App:
         self.port = port
         self.service_names = service_names
         self.intake = intake
-        self.call_limit: ConcurrentCallLimit | None = None  # max_concurrent_rpcs, when set
+        self.call_limit = call_limit  # max_concurrent_rpcs, when set
         self.metrics_port: int | None = None
         self.rest = None  # service.api.http11.HTTPServer when rest_port >= 0
         self.rest_port: int | None = None
@@ -218,8 +219,8 @@ async def create_app(settings: Settings, *, reuse_port: bool = False, span_expor
     if port == 0:
         raise OSError(f"cannot bind gRPC port {address}")
     logger.info("models loaded: %s", ", ".join(f"{m.name}/{m.version}" for m in repository.loaded()) or "none")
-    app = App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names, intake)
-    app.call_limit = call_limit
+    app = App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names, intake,
+              call_limit)
     if settings.rest_port >= 0:  # KServe v2 over HTTP/REST (docs/rest.md); imported only when on
         from service.api.rest import build_server
 
