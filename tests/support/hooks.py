@@ -54,6 +54,22 @@ def gate(target: object, name: str) -> tuple[threading.Event, threading.Event]:
 
 
 
+def hold_batch_forming(scheduler) -> threading.Event:
+    """Hook on a DynamicBatcher: it waits for the returned ``release`` before it takes its next
+    batch, so queued texts stay queued (the queue stays full) for as long as the test needs."""
+    import asyncio
+
+    release = threading.Event()
+    real = scheduler._wait_for_batch
+
+    async def held() -> None:
+        await asyncio.to_thread(release.wait, 30)
+        await real()
+
+    scheduler._wait_for_batch = held
+    return release
+
+
 def fail_next_batch(scheduler) -> None:
     """Make the batcher loop of ``scheduler`` (a DynamicBatcher) raise once, deterministically."""
     original = scheduler._take_batch
