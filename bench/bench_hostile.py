@@ -10,7 +10,13 @@ expensive valid requests.
    ``"a "`` repeated, ``"."`` repeated, U+FDFA (NFKC: 18 characters, 4 words) and no spaces at
    all, over textclf.v1 and KServe (raw contents); KServe requests declaring ~1M empty elements;
    and ClassifyStreams that keep writing such requests and never read an answer;
-5. after: 10 s (``--after-seconds``) without traffic, then the server's RSS and threads again.
+5. after: 10 s (``--after-seconds``) without traffic, then the server's RSS and threads again;
+6. with ``--compare-floor``: steps 2-5 again against the gRPC floor server
+   (``bench/grpc_floor_server.py --kind aio-deep``: the same grpcio stack and intake, no model; its
+   ``Classify`` parses the request and answers at once), at the service's legitimate rate, with
+   the attack the floor can serve (the textclf.v1 unary kinds: it has no KServe API and no
+   streams), and the service's own run uses that same attack. What the floor shows is what any
+   servicer on this gRPC stack gets from the attack before doing any work of its own.
 
 Reports legitimate p50/p99 without and with the attack, per hostile kind how long requests took
 to be answered and with which status, and the server's CPU, RSS and threads in each phase; checks
@@ -19,6 +25,7 @@ the goals (legit p99 under attack <= 2x, every hostile request answered within 1
 tests/bench/test_bench_hostile.py so it cannot rot).
 
     python bench/bench_hostile.py --repository models
+    python bench/bench_hostile.py --repository models --compare-floor --output bench/results/hostile-vs-floor.json
     python bench/bench_hostile.py --quick --repository /tmp/tiny-models --texts-jsonl texts.jsonl
 """
 from __future__ import annotations
@@ -51,6 +58,7 @@ TEXTS_PER_REQUEST = 64
 TEXT_CHARS = {"a-space": ("a ", 32_000), "dots": (".", 64_000), "nfkc-18x": ("\ufdfa", 21_300),
               "no-space": ("x", 64_000)}  # ~64 KiB of UTF-8 each: 64 of them fill a 4 MiB message
 EMPTY_ELEMENTS = 1_000_000
+FULL_MESSAGE_BYTES = 4 * 1024 * 1024  # what TEXT_CHARS and EMPTY_ELEMENTS fill
 HOSTILE_TIMEOUT_S = 10.0
 GOALS = {"legit_p99_under_attack_le_2x": 2.0, "hostile_answered_within_s": 1.0, "rss_growth_after_le_mb": 100.0}
 
@@ -72,6 +80,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "pool retires threads it added under load after ~20 s idle); 0 = none")
     p.add_argument("--hostile-clients", type=int, default=2, help="closed-loop callers per hostile request kind")
     p.add_argument("--never-read-streams", type=int, default=4)
+    p.add_argument("--message-bytes", type=int, default=FULL_MESSAGE_BYTES,
+                   help="size of the hostile messages (scale them to a server's --max-receive-message-bytes)")
+    p.add_argument("--compare-floor", action="store_true",
+                   help="also run against the gRPC floor server (textclf.v1 unary attack only, for both)")
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
     p.add_argument("--server-arg", action="append", default=[], help="extra `python -m service` flag")
     p.add_argument("--quick", action="store_true", help="seconds, not minutes: for the test that keeps this alive")
@@ -80,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.capacity_seconds, args.seconds, args.after_seconds, args.late_seconds = 1.0, 2.0, 1.0, 0.0
         args.concurrency, args.legit_clients, args.hostile_clients, args.never_read_streams = 4, 2, 1, 1
+    if args.compare_floor:
+        args.never_read_streams = 0
     return args
 
 
@@ -172,15 +186,17 @@ async def legit_phase(address: str, model: str, texts: list[str], clients: int, 
 
 # ----------------------------------------------------------------------------- hostile load
 
-def _hostile_payloads(model: str) -> dict[str, tuple[str, bytes]]:
-    """kind -> (full method name, serialized request): built once, sent as raw bytes."""
+def _hostile_payloads(model: str, message_bytes: int = FULL_MESSAGE_BYTES) -> dict[str, tuple[str, bytes]]:
+    """kind -> (full method name, serialized request): built once, sent as raw bytes; each fills
+    about ``message_bytes``."""
     from service.api.kserve_codec import encode_bytes_raw
     from textclf_protos.inference import grpc_service_pb2 as kpb
     from textclf_protos.textclf.v1 import textclf_pb2 as pb
 
     payloads = {}
+    scale = message_bytes / FULL_MESSAGE_BYTES
     for kind, (unit, repeat) in TEXT_CHARS.items():
-        texts = [unit * repeat] * TEXTS_PER_REQUEST
+        texts = [unit * int(repeat * scale)] * TEXTS_PER_REQUEST
         payloads[f"textclf/{kind}"] = ("/textclf.v1.TextClassifier/Classify",
                                        pb.ClassifyRequest(model=model, texts=texts).SerializeToString())
         request = kpb.ModelInferRequest(model_name=model)
@@ -188,14 +204,17 @@ def _hostile_payloads(model: str) -> dict[str, tuple[str, bytes]]:
         request.raw_input_contents.append(encode_bytes_raw([t.encode() for t in texts]))
         payloads[f"kserve/{kind}"] = ("/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
     request = kpb.ModelInferRequest(model_name=model)
-    request.inputs.add(name="TEXT", datatype="BYTES", shape=[EMPTY_ELEMENTS])
-    request.raw_input_contents.append(encode_bytes_raw([b""] * EMPTY_ELEMENTS))
+    elements = int(EMPTY_ELEMENTS * scale)
+    request.inputs.add(name="TEXT", datatype="BYTES", shape=[elements])
+    request.raw_input_contents.append(encode_bytes_raw([b""] * elements))
     payloads["kserve/1M-empty-elements"] = ("/inference.GRPCInferenceService/ModelInfer", request.SerializeToString())
     return payloads
 
 
-async def _hostile_attack(address: str, model: str, clients: int, streams: int, seconds: float) -> dict:
-    payloads = _hostile_payloads(model)
+async def _hostile_attack(address: str, model: str, clients: int, streams: int, seconds: float,
+                          message_bytes: int = FULL_MESSAGE_BYTES, kind_prefix: str = "") -> dict:
+    payloads = {kind: payload for kind, payload in _hostile_payloads(model, message_bytes).items()
+                if kind.startswith(kind_prefix)}
     records: dict[str, list[tuple[float, str]]] = {kind: [] for kind in payloads}
     written = [0]
     end = time.monotonic() + seconds
@@ -250,14 +269,15 @@ async def _hostile_attack(address: str, model: str, clients: int, streams: int, 
     return {"kinds": summary, "never_read_streams": streams, "never_read_messages_written": written[0]}
 
 
-def _attack_process(address: str, model: str, clients: int, streams: int, seconds: float, out) -> None:
+def _attack_process(address: str, model: str, clients: int, streams: int, seconds: float, message_bytes: int,
+                    kind_prefix: str, out) -> None:
     """The hostile clients in their own process, so building and sending 4 MiB messages does not
     slow the legitimate clients' event loop. Reports the CPU the attacker itself used: on one
     machine it is taken from the server and the legitimate clients."""
     import resource
 
     start, began = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    result = asyncio.run(_hostile_attack(address, model, clients, streams, seconds))
+    result = asyncio.run(_hostile_attack(address, model, clients, streams, seconds, message_bytes, kind_prefix))
     end = resource.getrusage(resource.RUSAGE_SELF)
     used = (end.ru_utime + end.ru_stime) - (start.ru_utime + start.ru_stime)
     result["attacker_cpu_cores"] = used / max(time.monotonic() - began, 1e-9)
@@ -296,12 +316,15 @@ def server_side_within(url: str, seconds: float = 1.0) -> dict[str, dict[str, fl
 
 # ----------------------------------------------------------------------------- run
 
-async def run(args: argparse.Namespace, server: support.ServerProcess, texts: list[str]) -> dict:
+async def run(args: argparse.Namespace, server: support.ServerProcess, texts: list[str],
+              legit_rate: float | None = None) -> dict:
+    """One server through every phase; ``legit_rate``: this legitimate load instead of a fraction of
+    the capacity measured here (the floor runs at the service's)."""
     async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         capacity = await measure_capacity(channel, "textclf", server.address, args.model, texts,
                                           concurrency=args.concurrency, seconds=args.capacity_seconds)
-    rate = max(1.0, capacity["per_s"] * args.legit_fraction)
+    rate = legit_rate or max(1.0, capacity["per_s"] * args.legit_fraction)
     logger.info("capacity %.0f req/s; legitimate load %.0f req/s", capacity["per_s"], rate)
     before = _status(server.pid)
     baseline = await legit_phase(server.address, args.model, texts, args.legit_clients, rate, args.seconds, server.pid)
@@ -310,14 +333,16 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     attacker = context.Process(target=_attack_process, args=(server.address, args.model, args.hostile_clients,
-                                                             args.never_read_streams, args.seconds + 1.0, out))
+                                                             args.never_read_streams, args.seconds + 1.0,
+                                                             args.message_bytes,
+                                                             "textclf/" if args.compare_floor else "", out))
     attacker.start()
     await asyncio.sleep(1.0)  # let the attack build up before measuring (pacing, not synchronising)
     attacked = await legit_phase(server.address, args.model, texts, args.legit_clients, rate, args.seconds,
                                  server.pid)
     hostile = await asyncio.get_running_loop().run_in_executor(None, out.get)
     attacker.join(30)
-    hostile["server_side"] = server_side_within(server.metrics_url)
+    hostile["server_side"] = server_side_within(server.metrics_url) if server.metrics_url else {}
     logger.info("under attack: %s", attacked)
     await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
     after = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
@@ -391,10 +416,20 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(run(args, server, texts))
     finally:
         server.stop()
+    if args.compare_floor:
+        logger.info("the same attack against the gRPC floor server")
+        floor = support.start_floor_server("aio-deep", log_dir)
+        try:
+            result["floor"] = asyncio.run(run(args, floor, texts, legit_rate=result["legit_rate_per_s"]))
+        finally:
+            floor.stop()
     result["after_seconds"], result["late_seconds"] = args.after_seconds, args.late_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
     support.write_json(args.output, report)
     print(format_report(result))
+    if "floor" in result:
+        print("\n## the gRPC floor server (no model), the same legitimate load and attack\n")
+        print(format_report(result["floor"]))
     print(f"\nwrote {args.output}")
     return 0
 

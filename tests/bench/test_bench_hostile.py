@@ -16,15 +16,19 @@ ROOT = Path(__file__).resolve().parents[2]
 WORDS = "the bank market rates striker team phone chip final shares rose fell goal scored software".split()
 
 
-def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
-    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
+def _texts(tmp_path: Path) -> Path:
     rng = random.Random(0)
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(60))}) + "\n"
                              for _ in range(40)), encoding="utf-8")
+    return texts
+
+
+def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
+    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
     output = tmp_path / "hostile.json"
     run = subprocess.run([sys.executable, "bench/bench_hostile.py", "--quick", "--repository", str(tmp_path / "models"),
-                          "--texts-jsonl", str(texts), "--tokens", "20", "--output", str(output)],
+                          "--texts-jsonl", str(_texts(tmp_path)), "--tokens", "20", "--output", str(output)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(output.read_text())
@@ -44,3 +48,22 @@ def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
     assert result["after"]["rss_mb"] > 0 and result["after"]["threads"] > 0
     assert set(result["hostile"]["server_side"]) == {"kserve.ModelInfer", "textclf.v1.ClassifyStream.message"}
     assert "goals:" in run.stdout
+
+
+def test_quick_hostile_benchmark_compares_with_the_grpc_floor(tmp_path: Path) -> None:
+    """``--compare-floor``: the same legitimate load and textclf.v1 attack against the floor server."""
+    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
+    output = tmp_path / "hostile.json"
+    run = subprocess.run([sys.executable, "bench/bench_hostile.py", "--quick", "--compare-floor", "--repository",
+                          str(tmp_path / "models"), "--texts-jsonl", str(_texts(tmp_path)), "--tokens", "20",
+                          "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.read_text())
+    floor = result["floor"]
+    assert floor["legit_rate_per_s"] == result["legit_rate_per_s"]
+    for phase in (result, floor):
+        assert phase["attack"]["codes"].get("OK", 0) > 0
+        assert set(phase["hostile"]["kinds"]) == {f"textclf/{kind}" for kind in ("a-space", "dots", "nfkc-18x", "no-space")}
+    # the floor answers every hostile request it receives (it parses and answers; no model, no limits)
+    assert all(set(row["codes"]) == {"OK"} for row in floor["hostile"]["kinds"].values())
+    assert "the gRPC floor server" in run.stdout
