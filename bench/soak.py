@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Sampler:
-    """Every ``period`` seconds: server RSS and the latencies of the calls finished since the last sample."""
+    """Every ``period`` seconds: server RSS, threads and open file descriptors, and the latencies of
+    the calls finished since the last sample."""
 
     def __init__(self, pid: int, period: float) -> None:
         self.process = psutil.Process(pid)
@@ -74,6 +75,7 @@ class Sampler:
         ok = [r.latency_s * 1e3 for r in window if r.code == "OK"]
         self.samples.append({
             "t_s": time.monotonic() - self.t0, "rss_mb": self.process.memory_info().rss / 2**20,
+            "threads": self.process.num_threads(), "fds": self.process.num_fds(),
             "calls": len(window), "errors": len(window) - len(ok),
             "p50_ms": support.percentile(ok, 50), "p99_ms": support.percentile(ok, 99)})
 
@@ -85,6 +87,13 @@ class Sampler:
             except TimeoutError:
                 pass
         self.sample()
+
+
+def resources(samples: list[dict]) -> dict[str, dict[str, int]]:
+    """Threads and open file descriptors of the server: first sample, last, highest (a leak per
+    call or per connection would climb through the run)."""
+    return {key: {"start": samples[0][key], "end": samples[-1][key], "max": max(s[key] for s in samples)}
+            for key in ("threads", "fds") if key in samples[0]}
 
 
 def rss_growth(samples: list[dict], warmup_fraction: float) -> dict[str, float]:
@@ -113,7 +122,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
         await sampling
     summary = result.summary()
     return {"capacity": capacity, "rate": rate, "summary": summary, "samples": sampler.samples,
-            "memory": rss_growth(sampler.samples, args.warmup_fraction)}
+            "memory": rss_growth(sampler.samples, args.warmup_fraction), "resources": resources(sampler.samples)}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -150,7 +159,9 @@ def format_table(report: dict) -> str:
         f"| latency p50 / p99 (whole run) | {s['ok_p50_ms']:.1f} / {s['ok_p99_ms']:.1f} ms |",
         f"| server RSS start / after warm-up / end / max | {m['rss_start_mb']:.1f} / {m['rss_after_warmup_mb']:.1f} / "
         f"{m['rss_end_mb']:.1f} / {m['rss_max_mb']:.1f} MiB |",
-        f"| RSS growth after warm-up | {m['growth_after_warmup_pct']:+.2f} % |"])
+        f"| RSS growth after warm-up | {m['growth_after_warmup_pct']:+.2f} % |",
+        *(f"| server {name} start / end / max | {r['start']} / {r['end']} / {r['max']} |"
+          for name, r in report.get("resources", {}).items())])
 
 
 def main(argv: list[str] | None = None) -> int:
