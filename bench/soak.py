@@ -46,11 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=40)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--load", type=float, default=0.8, help="fraction of the measured capacity")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="calls/s to offer instead of --load x capacity (compare servers at the same load)")
     p.add_argument("--concurrency", type=int, default=32, help="closed-loop callers for the capacity")
     p.add_argument("--capacity-seconds", type=float, default=5.0)
     p.add_argument("--sample-seconds", type=float, default=3.0)
     p.add_argument("--warmup-fraction", type=float, default=0.2)
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
+    p.add_argument("--server-arg", action="append", default=[], help="extra `python -m service` flag")
     p.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     p.add_argument("--plot", type=Path, default=ROOT / "bench" / "results" / "soak.png")
     return p.parse_args(argv)
@@ -110,7 +113,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
         await asyncio.wait_for(channel.channel_ready(), 30)
         capacity = await measure_capacity(channel, args.api, server.address, args.model, texts,
                                           concurrency=args.concurrency, seconds=args.capacity_seconds)
-        rate = capacity["per_s"] * args.load
+        rate = args.rate or capacity["per_s"] * args.load
         logger.info("capacity %.0f calls/s; soaking at %.0f calls/s for %.1f min", capacity["per_s"], rate,
                     args.minutes)
         sampler = Sampler(server.pid, args.sample_seconds)
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = support.find_bundle(args.repository, args.model) or support.build_random_bundle(args.model)
     texts = load_texts(bundle, args.tokens)
     started, load_start = time.time(), os.getloadavg()
-    server = support.start_server(bundle.repository, batching=True, threads=args.threads, extra_args=[],
+    server = support.start_server(bundle.repository, batching=True, threads=args.threads, extra_args=args.server_arg,
                                   env={"TOKENIZERS_PARALLELISM": "false"},
                                   log_dir=Path(tempfile.mkdtemp(prefix="bench-soak-")))
     try:
