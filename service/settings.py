@@ -135,8 +135,8 @@ class Settings(BaseSettings):
            "it arrived, so under load one event-loop turn takes one call; deeper lets a turn take several "
            "(1 = grpcio's own intake)")
     max_concurrent_streams: int = _opt(
-        128, "concurrent calls (HTTP/2 streams) one client connection may open; more wait in the client "
-             "(0 = gRPC default, unlimited)")
+        128, "concurrent calls (HTTP/2 streams) one client connection may open; more wait in the client, none is "
+             "refused (gRPC core gets as many again as headroom for calls being released; 0 = gRPC default, unlimited)")
     max_request_bytes_in_flight: int = _opt(
         8 * 1024 * 1024, "bytes of large requests (over 64 KiB each) parsed and handled at once per process; beyond it "
                          "a unary request gets RESOURCE_EXHAUSTED before it is parsed and a stream's message waits for "
