@@ -2,6 +2,7 @@
 a blocking call until the test releases it, or make the batcher fail once."""
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -57,8 +58,6 @@ def gate(target: object, name: str) -> tuple[threading.Event, threading.Event]:
 def hold_batch_forming(scheduler) -> threading.Event:
     """Hook on a DynamicBatcher: it waits for the returned ``release`` before it takes its next
     batch, so queued texts stay queued (the queue stays full) for as long as the test needs."""
-    import asyncio
-
     release = threading.Event()
     real = scheduler._wait_for_batch
 
