@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.capacity_seconds, args.seconds, args.after_seconds, args.late_seconds = 1.0, 2.0, 1.0, 0.0
         args.concurrency, args.legit_clients, args.hostile_clients, args.never_read_streams = 4, 2, 1, 1
+    # the attack the floor server can serve (it has only textclf.v1 Classify), used for both runs
+    args.kind_prefix = "textclf/" if args.compare_floor else ""
     if args.compare_floor:
         args.never_read_streams = 0
     return args
@@ -334,8 +336,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     out = context.Queue()
     attacker = context.Process(target=_attack_process, args=(server.address, args.model, args.hostile_clients,
                                                              args.never_read_streams, args.seconds + 1.0,
-                                                             args.message_bytes,
-                                                             "textclf/" if args.compare_floor else "", out))
+                                                             args.message_bytes, args.kind_prefix, out))
     attacker.start()
     await asyncio.sleep(1.0)  # let the attack build up before measuring (pacing, not synchronising)
     attacked = await legit_phase(server.address, args.model, texts, args.legit_clients, rate, args.seconds,

@@ -96,7 +96,7 @@ def resources(samples: list[dict]) -> dict[str, dict[str, int]]:
     """Threads and open file descriptors of the server: first sample, last, highest (a leak per
     call or per connection would climb through the run)."""
     return {key: {"start": samples[0][key], "end": samples[-1][key], "max": max(s[key] for s in samples)}
-            for key in ("threads", "fds") if key in samples[0]}
+            for key in ("threads", "fds")}
 
 
 def rss_growth(samples: list[dict], warmup_fraction: float) -> dict[str, float]:
@@ -164,7 +164,7 @@ def format_table(report: dict) -> str:
         f"{m['rss_end_mb']:.1f} / {m['rss_max_mb']:.1f} MiB |",
         f"| RSS growth after warm-up | {m['growth_after_warmup_pct']:+.2f} % |",
         *(f"| server {name} start / end / max | {r['start']} / {r['end']} / {r['max']} |"
-          for name, r in report.get("resources", {}).items())])
+          for name, r in report["resources"].items())])
 
 
 def main(argv: list[str] | None = None) -> int:
