@@ -16,7 +16,10 @@ expensive valid requests.
    ``Classify`` parses the request and answers at once), at the service's legitimate rate, with
    the attack the floor can serve (the textclf.v1 unary kinds: it has no KServe API and no
    streams), and the service's own run uses that same attack. What the floor shows is what any
-   servicer on this gRPC stack gets from the attack before doing any work of its own.
+   servicer on this gRPC stack gets from the attack before doing any work of its own. Then once
+   more with the legitimate load on one floor server and the attack sent to a second floor
+   server process: what the attack costs the legitimate clients through the machine alone (CPU,
+   memory bandwidth, the kernel's loopback), when no server process receives both.
 
 Reports legitimate p50/p99 without and with the attack, per hostile kind how long requests took
 to be answered and with which status, and the server's CPU, RSS and threads in each phase; checks
@@ -84,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="size of the hostile messages (scale them to a server's --max-receive-message-bytes)")
     p.add_argument("--compare-floor", action="store_true",
                    help="also run against the gRPC floor server (textclf.v1 unary attack only, for both)")
+    p.add_argument("--floor-kind", choices=("aio-deep", "aio-deep-raw"), default="aio-deep",
+                   help="the floor server of --compare-floor (aio-deep-raw: receives without parsing)")
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
     p.add_argument("--server-arg", action="append", default=[], help="extra `python -m service` flag")
     p.add_argument("--quick", action="store_true", help="seconds, not minutes: for the test that keeps this alive")
@@ -319,9 +324,11 @@ def server_side_within(url: str, seconds: float = 1.0) -> dict[str, dict[str, fl
 # ----------------------------------------------------------------------------- run
 
 async def run(args: argparse.Namespace, server: support.ServerProcess, texts: list[str],
-              legit_rate: float | None = None) -> dict:
+              legit_rate: float | None = None, attack_target: support.ServerProcess | None = None) -> dict:
     """One server through every phase; ``legit_rate``: this legitimate load instead of a fraction of
-    the capacity measured here (the floor runs at the service's)."""
+    the capacity measured here (the floor runs at the service's); ``attack_target``: send the attack
+    to this other server instead (the legitimate one then receives none of it)."""
+    target = attack_target or server
     async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         capacity = await measure_capacity(channel, "textclf", server.address, args.model, texts,
@@ -334,7 +341,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     rss_baseline = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    attacker = context.Process(target=_attack_process, args=(server.address, args.model, args.hostile_clients,
+    attacker = context.Process(target=_attack_process, args=(target.address, args.model, args.hostile_clients,
                                                              args.never_read_streams, args.seconds + 1.0,
                                                              args.message_bytes, args.kind_prefix, out))
     attacker.start()
@@ -343,7 +350,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
                                  server.pid)
     hostile = await asyncio.get_running_loop().run_in_executor(None, out.get)
     attacker.join(30)
-    hostile["server_side"] = server_side_within(server.metrics_url) if server.metrics_url else {}
+    hostile["server_side"] = server_side_within(target.metrics_url) if target.metrics_url else {}
     logger.info("under attack: %s", attacked)
     await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
     after = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
@@ -419,11 +426,19 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     if args.compare_floor:
         logger.info("the same attack against the gRPC floor server")
-        floor = support.start_floor_server("aio-deep", log_dir)
+        floor = support.start_floor_server(args.floor_kind, log_dir)
         try:
             result["floor"] = asyncio.run(run(args, floor, texts, legit_rate=result["legit_rate_per_s"]))
         finally:
             floor.stop()
+        logger.info("the legitimate load on one floor server, the attack on another")
+        floor, sink = support.start_floor_server(args.floor_kind, log_dir), support.start_floor_server(args.floor_kind, log_dir)
+        try:
+            result["floor_attack_elsewhere"] = asyncio.run(run(args, floor, texts, legit_rate=result["legit_rate_per_s"],
+                                                               attack_target=sink))
+        finally:
+            floor.stop()
+            sink.stop()
     result["after_seconds"], result["late_seconds"] = args.after_seconds, args.late_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
     support.write_json(args.output, report)
@@ -431,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     if "floor" in result:
         print("\n## the gRPC floor server (no model), the same legitimate load and attack\n")
         print(format_report(result["floor"]))
+        print("\n## the legitimate load on a gRPC floor server, the attack on a second one (the machine's share)\n")
+        print(format_report(result["floor_attack_elsewhere"]))
     print(f"\nwrote {args.output}")
     return 0
 

@@ -59,11 +59,12 @@ def test_quick_hostile_benchmark_compares_with_the_grpc_floor(tmp_path: Path) ->
                           "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(output.read_text())
-    floor = result["floor"]
-    assert floor["legit_rate_per_s"] == result["legit_rate_per_s"]
-    for phase in (result, floor):
+    floor, elsewhere = result["floor"], result["floor_attack_elsewhere"]
+    assert floor["legit_rate_per_s"] == elsewhere["legit_rate_per_s"] == result["legit_rate_per_s"]
+    for phase in (result, floor, elsewhere):
         assert phase["attack"]["codes"].get("OK", 0) > 0
         assert set(phase["hostile"]["kinds"]) == {f"textclf/{kind}" for kind in ("a-space", "dots", "nfkc-18x", "no-space")}
     # the floor answers every hostile request it receives (it parses and answers; no model, no limits)
-    assert all(set(row["codes"]) == {"OK"} for row in floor["hostile"]["kinds"].values())
-    assert "the gRPC floor server" in run.stdout
+    for phase in (floor, elsewhere):
+        assert all(set(row["codes"]) == {"OK"} for row in phase["hostile"]["kinds"].values())
+    assert "the gRPC floor server" in run.stdout and "the attack on a second one" in run.stdout
