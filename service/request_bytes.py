@@ -7,17 +7,24 @@ most) and holds a few copies of it in memory. ``RequestBytesBudget`` lets at mos
 parsed and handled at once per process; a large request beyond that is refused RESOURCE_EXHAUSTED
 before it is parsed, at the cost of the receive alone; a large message of a request stream waits
 for room instead (its stream reads nothing more meanwhile). Small requests are never refused by it (the
-legitimate single-text traffic stays out of the hostile requests' way), and a large request is
-always taken when no other large one is in flight, so every legal request runs on an idle server
-(docs/reliability.md "Bounded work before admission").
+legitimate single-text traffic stays out of the hostile requests' way), except on a connection that
+keeps sending large requests past the budget, whose calls are refused before they are even read
+(``refuse_before_reading``); a large request is always taken when no other large one is in flight,
+so every legal request runs on an idle server (docs/reliability.md "Bounded work before admission").
 """
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 
 from service.errors import ResourceExhausted
 
 SMALL_REQUEST_BYTES = 64 * 1024
+REFUSED_PEER_SECONDS = 1.0  # how long a connection's refused large requests are held against its next calls
+REFUSED_PEER_STRIKES = 2  # refused large requests, each within REFUSED_PEER_SECONDS of the last, that mark it
+MAX_REFUSED_PEERS = 4096  # connections remembered at once (the oldest are forgotten first)
 
 
 class RequestBytesBudget:
@@ -30,6 +37,8 @@ class RequestBytesBudget:
         self._freed: asyncio.Event | None = None  # created on the loop by the first waiter
         self._none_in_flight = asyncio.Event()
         self._none_in_flight.set()
+        # connection (gRPC peer) -> (when, bytes, strikes) of its last large request refused by the budget
+        self._refused_peers: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
 
     async def wait_none_in_flight(self) -> None:
         """Return once no large request is in flight (at once when none is)."""
@@ -39,17 +48,54 @@ class RequestBytesBudget:
     def _fits(self, size: int) -> bool:
         return not self.in_flight or self.in_flight + size <= self.limit
 
-    def take(self, size: int) -> int:
-        """Count ``size`` bytes in flight or refuse at once; returns what ``give`` must hand back."""
+    def take(self, size: int, peer: Callable[[], str] | None = None) -> int:
+        """Count ``size`` bytes in flight or refuse at once; returns what ``give`` must hand back.
+        ``peer``: the caller's connection, remembered when its request is refused
+        (``refuse_before_reading``)."""
         if not self.limit or size <= SMALL_REQUEST_BYTES:
             return 0
         if not self._fits(size):
+            if peer is not None:
+                self._remember_refused(peer(), size)
             raise ResourceExhausted(
                 f"too many large requests in flight ({self.in_flight} bytes, this one {size}, limit "
                 f"max_request_bytes_in_flight={self.limit}); retry later")
         self.in_flight += size
         self._none_in_flight.clear()
         return size
+
+    def _remember_refused(self, peer: str, size: int) -> None:
+        now = time.monotonic()
+        when, _, strikes = self._refused_peers.get(peer, (float("-inf"), 0, 0))
+        strikes = strikes + 1 if now - when < REFUSED_PEER_SECONDS else 1
+        self._refused_peers[peer] = (now, size, strikes)
+        self._refused_peers.move_to_end(peer)
+        while len(self._refused_peers) > MAX_REFUSED_PEERS:
+            self._refused_peers.popitem(last=False)
+
+    def refuse_before_reading(self, peer: Callable[[], str]) -> None:
+        """Refuse a unary call before its message is read when its connection keeps sending large
+        requests past the budget (``REFUSED_PEER_STRIKES`` refused, each less than
+        ``REFUSED_PEER_SECONDS`` after the one before, the last one that recently) and a request of
+        the last one's size still would not fit. Receiving a large message costs the event loop
+        milliseconds even when it is refused unparsed (docs/reliability.md "Seventh pass"); such a
+        client is answered without that cost. Connections without refused large requests are never
+        looked at."""
+        if not self._refused_peers:
+            return
+        address = peer()
+        entry = self._refused_peers.get(address)
+        if entry is None:
+            return
+        when, size, strikes = entry
+        if time.monotonic() - when >= REFUSED_PEER_SECONDS:
+            del self._refused_peers[address]
+            return
+        if strikes >= REFUSED_PEER_STRIKES and not self._fits(size):
+            raise ResourceExhausted(
+                f"this connection keeps sending large requests past the budget (the last, {size} bytes, "
+                f"less than {REFUSED_PEER_SECONDS:g} s ago) and one would still not fit ({self.in_flight} bytes "
+                f"in flight, limit max_request_bytes_in_flight={self.limit}); refused before it was read, retry later")
 
     async def take_when_free(self, size: int) -> int:
         """``take`` for a message of a request stream: wait until it fits instead of refusing it

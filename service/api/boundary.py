@@ -108,6 +108,40 @@ def _deferred_deserializer(deserialize: Callable[[bytes], Any]) -> Callable[[byt
     return lambda data: UnparsedRequest(data, deserialize)
 
 
+class NoRequestMessage(Exception):
+    """The call has no request message to read: gRPC refused it (over ``max_receive_message_bytes``,
+    and has answered the call itself) or the client ended its side without one. Not counted, as
+    grpcio's own unary path never showed such calls to a servicer."""
+
+    MESSAGE = "the call ended without a request message"
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    """A unary call whose request message the boundary has not read yet (``unary`` reads it once
+    the call may proceed)."""
+
+    context: Any
+    deserialize: Callable[[bytes], Any]
+
+    async def read(self) -> UnparsedRequest:
+        data = await self.context.read()
+        if data is grpc.aio.EOF:
+            raise NoRequestMessage()
+        return UnparsedRequest(data, self.deserialize)
+
+
+def _reading_in_the_boundary(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A unary-unary method served as a request stream of one message: grpcio's unary path reads
+    the message before any servicer code runs, so it could never be refused unread."""
+    unary_unary, deserialize = handler.unary_unary, handler.request_deserializer
+
+    async def one_message(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await unary_unary(PendingRequest(context, deserialize), context)
+
+    return grpc.stream_unary_rpc_method_handler(one_message, None, handler.response_serializer)
+
+
 def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """Requests of unary calls and messages of request streams are parsed by the ``unary`` and
     ``stream`` wrappers, after the token of a control RPC and the request-bytes budget were checked."""
@@ -120,7 +154,7 @@ def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return grpc.stream_unary_rpc_method_handler(handler.stream_unary, parse, serialize)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(handler.unary_stream, parse, serialize)
-    return grpc.unary_unary_rpc_method_handler(handler.unary_unary, parse, serialize)
+    return _reading_in_the_boundary(handler)
 
 
 class _LenientRegistrar:
@@ -262,8 +296,9 @@ async def _fail(metrics: Any, call: CallInfo, context: grpc.aio.ServicerContext,
 
 def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorate ``async def method(self, request, context, call)``; ``self.core.metrics`` is used.
-    The request arrives unparsed (``add_servicer``): a large one is counted against the core's
-    ``request_bytes`` budget (RESOURCE_EXHAUSTED beyond it) before it is parsed. ``control=True``
+    The request arrives unread (``add_servicer``): it is read unless its connection keeps sending
+    large requests past the core's ``request_bytes`` budget, and a large one is counted against that
+    budget (RESOURCE_EXHAUSTED beyond it) before it is parsed. ``control=True``
     (repository-control RPCs): the bearer token is checked (``core.authorize_control``) before the
     request bytes are parsed at all."""
 
@@ -275,24 +310,34 @@ def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitab
             tracer = self.core.tracer
             traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
             self.core.call_started(context)
-            taken = 0
+            budget, taken = self.core.request_bytes, 0
             try:
                 if control:
                     self.core.authorize_control(authorization_values(context.invocation_metadata()))
+                if isinstance(request, PendingRequest):
+                    budget.refuse_before_reading(context.peer)
+                    request = await request.read()
                 if isinstance(request, UnparsedRequest):
-                    taken = self.core.request_bytes.take(len(request.data))
+                    taken = budget.take(len(request.data), context.peer)
                     request = request.parse()
                 if isinstance(request, UndecodableRequest):
                     raise request.error()
                 response = await method(self, request, context, call)
+            except NoRequestMessage:
+                if traced is not None:
+                    end_span(tracer, traced, call, InvalidArgument(NoRequestMessage.MESSAGE), context)
+                # answers a client that ended its side without a message; a no-op where gRPC has answered
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, NoRequestMessage.MESSAGE)
             except BaseException as exc:  # noqa: BLE001 - the boundary maps everything
                 if traced is not None:
                     end_span(tracer, traced, call, exc, context)
+                if isinstance(exc, asyncio.CancelledError) and isinstance(request, PendingRequest):
+                    raise  # ended before its message arrived: not counted (grpcio's unary path never showed it)
                 await _fail(self.core.metrics, call, context, exc, start)
                 raise  # only reached for cancellation / an abort already sent
             finally:
                 if taken:
-                    self.core.request_bytes.give(taken)
+                    budget.give(taken)
                 self.core.call_finished()
             record(self.core.metrics, call, grpc.StatusCode.OK, time.perf_counter() - start)
             if traced is not None:

@@ -76,3 +76,46 @@ def test_a_large_stream_message_waits_for_room_instead_of_being_refused(start_se
         outbox.put(None)
         assert list(answers) == []
     wait_until(lambda: budget.in_flight == 0, what="the budget given back")
+
+
+def _own_connection(address: str) -> grpc.Channel:
+    """A channel on a connection of its own (grpc shares connections between equal channels)."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_a_connection_that_keeps_sending_large_requests_past_the_budget_is_refused_before_reading(
+        start_server, bundles) -> None:
+    """Two large requests refused on one connection within a second: while one of that size still
+    would not fit, its next call is refused before its message is read (bytes that would be
+    INVALID_ARGUMENT if read get RESOURCE_EXHAUSTED), counted like any refusal; other connections'
+    small requests are admitted as before, and once the budget has room the connection is read again."""
+    server = start_server(max_request_bytes_in_flight=BUDGET)
+    budget = server.app.core.request_bytes
+    entered, release = hold_inference(server)
+    not_protobuf = b"\xff" * 90_000
+    with _own_connection(server.address) as bulk, _own_connection(server.address) as pushy, \
+            _own_connection(server.address) as other:
+        first = pb_grpc.TextClassifierStub(bulk).Classify.future(classify_request(LARGE, "news"), timeout=30)
+        assert entered.wait(10)
+        raw = pushy.unary_unary(CLASSIFY, request_serializer=None, response_deserializer=None)
+        for _ in range(2):  # read, then refused by the budget (it does not fit beside the held one)
+            with pytest.raises(grpc.RpcError) as refused:
+                raw(not_protobuf, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "too many large requests in flight" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as unread:
+            raw(b"\x00", timeout=10)  # field number 0: INVALID_ARGUMENT, had it been read
+        assert unread.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "refused before it was read" in unread.value.details()
+
+        small = pb_grpc.TextClassifierStub(other).Classify.future(classify_request(["market bank"], "news"), timeout=30)
+        wait_until(lambda: metric(scrape(server.metrics_url), "textclf_queue_depth", model="news", version="2") == 1,
+                   what="another connection's small request admitted")
+        release.set()
+        assert len(first.result(20).predictions) == 2 and len(small.result(20).predictions) == 1
+        wait_until(lambda: budget.in_flight == 0, what="the budget given back")
+        with pytest.raises(grpc.RpcError) as read_again:  # room again: the same connection's call is read
+            raw(b"\x00", timeout=10)
+        assert read_again.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert metric(scrape(server.metrics_url), "textclf_requests_total", api="textclf.v1.Classify",
+                  code="RESOURCE_EXHAUSTED") == 3
