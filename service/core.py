@@ -46,7 +46,8 @@ class InferenceCore:
         self._control = ControlAuth(settings.read_control_token())  # SettingsError: unreadable token file
         self.statistics = InferenceStatistics()
         self.tokenizer_pool = TokenizerPool(settings.tokenize_workers, settings.tokenize_max_backlog_texts)
-        self.request_bytes = RequestBytesBudget(settings.max_request_bytes_in_flight)
+        self.request_bytes = RequestBytesBudget(settings.max_request_bytes_in_flight,
+                                                refuse_unread_after=settings.refuse_unread_after)
         self.tracer: RequestTracer | None = None  # TRACING HOOK: set by create_app when tracing is on
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -23,15 +23,17 @@ from service.errors import ResourceExhausted
 
 SMALL_REQUEST_BYTES = 64 * 1024
 REFUSED_PEER_SECONDS = 1.0  # how long a connection's refused large requests are held against its next calls
-REFUSED_PEER_STRIKES = 2  # refused large requests, each within REFUSED_PEER_SECONDS of the last, that mark it
 MAX_REFUSED_PEERS = 4096  # connections remembered at once (the oldest are forgotten first)
 
 
 class RequestBytesBudget:
     """Used from the event loop only (no lock)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, refuse_unread_after: int = 2) -> None:
         self.limit = limit  # 0: no budget
+        # refused large requests of one connection, each within REFUSED_PEER_SECONDS of the one before,
+        # after which its calls are refused unread (0: never)
+        self.refuse_unread_after = refuse_unread_after
         self.in_flight = 0
         self.waiting = 0  # stream messages waiting for room
         self._freed: asyncio.Event | None = None  # created on the loop by the first waiter
@@ -55,7 +57,7 @@ class RequestBytesBudget:
         if not self.limit or size <= SMALL_REQUEST_BYTES:
             return 0
         if not self._fits(size):
-            if peer is not None:
+            if peer is not None and self.refuse_unread_after > 0:
                 self._remember_refused(peer(), size)
             raise ResourceExhausted(
                 f"too many large requests in flight ({self.in_flight} bytes, this one {size}, limit "
@@ -75,7 +77,7 @@ class RequestBytesBudget:
 
     def refuse_before_reading(self, peer: Callable[[], str]) -> None:
         """Refuse a unary call before its message is read when its connection keeps sending large
-        requests past the budget (``REFUSED_PEER_STRIKES`` refused, each less than
+        requests past the budget (``refuse_unread_after`` refused, each less than
         ``REFUSED_PEER_SECONDS`` after the one before, the last one that recently) and a request of
         the last one's size still would not fit. Receiving a large message costs the event loop
         milliseconds even when it is refused unparsed (docs/reliability.md "Seventh pass"); such a
@@ -91,7 +93,7 @@ class RequestBytesBudget:
         if time.monotonic() - when >= REFUSED_PEER_SECONDS:
             del self._refused_peers[address]
             return
-        if strikes >= REFUSED_PEER_STRIKES and not self._fits(size):
+        if strikes >= self.refuse_unread_after and not self._fits(size):
             raise ResourceExhausted(
                 f"this connection keeps sending large requests past the budget (the last, {size} bytes, "
                 f"less than {REFUSED_PEER_SECONDS:g} s ago) and one would still not fit ({self.in_flight} bytes "

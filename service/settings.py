@@ -141,6 +141,10 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, "bytes of large requests (over 64 KiB each) parsed and handled at once per process; beyond it "
                          "a unary request gets RESOURCE_EXHAUSTED before it is parsed and a stream's message waits for "
                          "room (one is always taken when none is in flight; 0 = no limit)")
+    refuse_unread_after: int = _opt(
+        2, "large requests of one connection refused by max_request_bytes_in_flight, each within 1 s of the"
+           " one before, after which its unary calls are refused before their message is read, for 1 s and while"
+           " one of that size would not fit (0 = off: set 0 behind a proxy that reuses its upstream connections for different clients, such as the compose deployment's nginx)")
     tokenize_workers: int = _opt(1, "threads tokenizing requests too large to tokenize on the event loop (all models)")
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
@@ -221,6 +225,7 @@ class Settings(BaseSettings):
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
                      "max_concurrent_streams", "max_batch_tokens", "memory_trim_mb", "max_request_bytes_in_flight",
+                     "refuse_unread_after",
                      "malloc_arena_max"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",

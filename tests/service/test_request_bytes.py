@@ -119,3 +119,25 @@ def test_a_connection_that_keeps_sending_large_requests_past_the_budget_is_refus
         assert read_again.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert metric(scrape(server.metrics_url), "textclf_requests_total", api="textclf.v1.Classify",
                   code="RESOURCE_EXHAUSTED") == 3
+
+
+def test_refusing_unread_counts_refusals_per_connection_and_can_be_turned_off() -> None:
+    """``refuse_unread_after`` refusals of one connection mark it (not one, not another connection's);
+    0 never marks (the compose deployment, where nginx's upstream connections carry many clients)."""
+    from service.errors import ResourceExhausted
+    from service.request_bytes import RequestBytesBudget
+
+    for after, marked_after in ((2, 2), (0, None)):
+        budget = RequestBytesBudget(100_000, refuse_unread_after=after)
+        assert budget.take(90_000, lambda: "ipv4:10.0.0.1:1000") == 90_000  # in flight: the next does not fit
+        for refusals in range(1, 4):
+            with pytest.raises(ResourceExhausted):
+                budget.take(90_000, lambda: "ipv4:10.0.0.2:2000")
+            budget.refuse_before_reading(lambda: "ipv4:10.0.0.3:3000")  # another connection: never
+            if marked_after is not None and refusals >= marked_after:
+                with pytest.raises(ResourceExhausted, match="refused before it was read"):
+                    budget.refuse_before_reading(lambda: "ipv4:10.0.0.2:2000")
+            else:
+                budget.refuse_before_reading(lambda: "ipv4:10.0.0.2:2000")
+        budget.give(90_000)  # room again: read
+        budget.refuse_before_reading(lambda: "ipv4:10.0.0.2:2000")
