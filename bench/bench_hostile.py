@@ -432,13 +432,16 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             floor.stop()
         logger.info("the legitimate load on one floor server, the attack on another")
-        floor, sink = support.start_floor_server(args.floor_kind, log_dir), support.start_floor_server(args.floor_kind, log_dir)
+        floor = support.start_floor_server(args.floor_kind, log_dir)
         try:
-            result["floor_attack_elsewhere"] = asyncio.run(run(args, floor, texts, legit_rate=result["legit_rate_per_s"],
-                                                               attack_target=sink))
+            sink = support.start_floor_server(args.floor_kind, log_dir)
+            try:
+                result["floor_attack_elsewhere"] = asyncio.run(run(args, floor, texts, attack_target=sink,
+                                                                   legit_rate=result["legit_rate_per_s"]))
+            finally:
+                sink.stop()
         finally:
             floor.stop()
-            sink.stop()
     result["after_seconds"], result["late_seconds"] = args.after_seconds, args.late_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
     support.write_json(args.output, report)

@@ -9,8 +9,8 @@ same channel options as ``python -m service``) with grpcio's own intake (one cal
 core at a time); ``--kind aio-deep`` adds the service's deeper intake (``service/intake.py``, the
 default ``grpc_intake_depth``); ``--kind aio-deep-raw`` is ``aio-deep`` whose ``Classify`` takes the
 request as bytes and never parses it (what receiving a message costs without the parse);
-``--kind sync`` is grpcio's thread-pool server, for comparison. Driven by the same load generator as the real server, it measures what the Python gRPC
-stack alone costs on this machine: the highest request rate and the lowest latency any servicer on
+``--kind sync`` is grpcio's thread-pool server, for comparison. Driven by the same load generator as
+the real server, it measures what the Python gRPC stack alone costs on this machine: the highest request rate and the lowest latency any servicer on
 that stack can reach, i.e. an upper bound for the served cells (docs/benchmarks.md). Also serves the
 standard health service so the benchmark waits for it like for the real server.
 """

@@ -142,9 +142,10 @@ class Settings(BaseSettings):
                          "a unary request gets RESOURCE_EXHAUSTED before it is parsed and a stream's message waits for "
                          "room (one is always taken when none is in flight; 0 = no limit)")
     refuse_unread_after: int = _opt(
-        2, "large requests of one connection refused by max_request_bytes_in_flight, each within 1 s of the"
-           " one before, after which its unary calls are refused before their message is read, for 1 s and while"
-           " one of that size would not fit (0 = off: set 0 behind a proxy that reuses its upstream connections for different clients, such as the compose deployment's nginx)")
+        2, "large requests of one connection refused by max_request_bytes_in_flight, each within 1 s of the one "
+           "before, after which its unary calls are refused before their message is read, for 1 s and while one "
+           "of that size would not fit (0 = off: set 0 behind a proxy that reuses its upstream connections for "
+           "different clients, such as the compose deployment's nginx)")
     tokenize_workers: int = _opt(1, "threads tokenizing requests too large to tokenize on the event loop (all models)")
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "

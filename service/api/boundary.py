@@ -143,18 +143,19 @@ def _reading_in_the_boundary(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHa
 
 
 def _lenient_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """Requests of unary calls and messages of request streams are parsed by the ``unary`` and
-    ``stream`` wrappers, after the token of a control RPC and the request-bytes budget were checked."""
-    parse, serialize = lenient_deserializer(handler.request_deserializer), handler.response_serializer
-    if not handler.response_streaming or handler.request_streaming:  # unary calls and request streams
-        parse = _deferred_deserializer(handler.request_deserializer)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(handler.stream_stream, parse, serialize)
+    """Requests of unary calls are read and parsed by the ``unary`` wrapper, messages of request
+    streams parsed by the ``stream`` wrapper, after the token of a control RPC and the request-bytes
+    budget were checked; the request of a response stream is parsed leniently."""
+    if not handler.request_streaming and not handler.response_streaming:
+        return _reading_in_the_boundary(handler)
+    serialize = handler.response_serializer
     if handler.request_streaming:
+        parse = _deferred_deserializer(handler.request_deserializer)
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(handler.stream_stream, parse, serialize)
         return grpc.stream_unary_rpc_method_handler(handler.stream_unary, parse, serialize)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(handler.unary_stream, parse, serialize)
-    return _reading_in_the_boundary(handler)
+    return grpc.unary_stream_rpc_method_handler(handler.unary_stream, lenient_deserializer(handler.request_deserializer),
+                                                serialize)
 
 
 class _LenientRegistrar:

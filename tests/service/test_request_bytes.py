@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from client.client import classify_request
+from tests.support.api_stubs import own_connection
 from tests.support.hooks import hold_inference
 from tests.support.metrics import metric, scrape, wait_until
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
@@ -78,11 +79,6 @@ def test_a_large_stream_message_waits_for_room_instead_of_being_refused(start_se
     wait_until(lambda: budget.in_flight == 0, what="the budget given back")
 
 
-def _own_connection(address: str) -> grpc.Channel:
-    """A channel on a connection of its own (grpc shares connections between equal channels)."""
-    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
 def test_a_connection_that_keeps_sending_large_requests_past_the_budget_is_refused_before_reading(
         start_server, bundles) -> None:
     """Two large requests refused on one connection within a second: while one of that size still
@@ -93,8 +89,8 @@ def test_a_connection_that_keeps_sending_large_requests_past_the_budget_is_refus
     budget = server.app.core.request_bytes
     entered, release = hold_inference(server)
     not_protobuf = b"\xff" * 90_000
-    with _own_connection(server.address) as bulk, _own_connection(server.address) as pushy, \
-            _own_connection(server.address) as other:
+    with own_connection(server.address) as bulk, own_connection(server.address) as pushy, \
+            own_connection(server.address) as other:
         first = pb_grpc.TextClassifierStub(bulk).Classify.future(classify_request(LARGE, "news"), timeout=30)
         assert entered.wait(10)
         raw = pushy.unary_unary(CLASSIFY, request_serializer=None, response_deserializer=None)

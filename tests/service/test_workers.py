@@ -14,14 +14,11 @@ import signal
 import grpc
 
 from client.client import TextclfClient
+from tests.support.api_stubs import own_connection
 from tests.support.metrics import metric, scrape, wait_until
 from tests.support.service_process import FINAL_COUNTS
 from tests.support.workers import Workers, alive, start_workers  # noqa: F401 - start_workers is a fixture
 from textclf_protos.textclf.v1 import textclf_pb2, textclf_pb2_grpc
-
-
-def _channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def _request(text: str = "the market rallied") -> textclf_pb2.ClassifyRequest:
@@ -32,7 +29,7 @@ def channels_per_worker(server: Workers, workers: int = 2, attempts: int = 64) -
     """One channel (connection) pinned to each worker, found by probe calls."""
     found: dict[str, grpc.Channel] = {}
     for _ in range(attempts):
-        channel = _channel(server.address)
+        channel = own_connection(server.address)
         before = server.worker_counts()
         textclf_pb2_grpc.TextClassifierStub(channel).Classify(_request(), timeout=10)
         after = server.worker_counts()

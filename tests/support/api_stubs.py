@@ -13,6 +13,11 @@ from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
 CLASSIFY, INFER = "textclf.v1.Classify", "kserve.ModelInfer"
 
 
+def own_connection(address: str) -> grpc.Channel:
+    """A channel on a connection of its own (grpc shares one connection between equal channels)."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
 def infer_request(texts: list[str], model: str = "news", version: str = "") -> kpb.ModelInferRequest:
     tensor = kpb.ModelInferRequest.InferInputTensor(name="TEXT", datatype="BYTES", shape=[len(texts)])
     tensor.contents.bytes_contents.extend(t.encode() for t in texts)
