@@ -137,3 +137,21 @@ def test_refusing_unread_counts_refusals_per_connection_and_can_be_turned_off() 
                 budget.refuse_before_reading(lambda: "ipv4:10.0.0.2:2000")
         budget.give(90_000)  # room again: read
         budget.refuse_before_reading(lambda: "ipv4:10.0.0.2:2000")
+
+
+def test_remembered_connections_are_bounded_and_the_oldest_forgotten_first() -> None:
+    """An attacker opening a new connection per refused request cannot grow what is remembered past
+    MAX_REFUSED_PEERS; the oldest connection is forgotten first, the newest still refused unread."""
+    from service.errors import ResourceExhausted
+    from service.request_bytes import MAX_REFUSED_PEERS, RequestBytesBudget
+
+    budget = RequestBytesBudget(100_000, refuse_unread_after=1)
+    budget.take(90_000)
+    for k in range(MAX_REFUSED_PEERS + 10):
+        with pytest.raises(ResourceExhausted):
+            budget.take(90_000, lambda k=k: f"ipv4:10.0.{k // 256}.{k % 256}:4000")
+    assert len(budget._refused_peers) == MAX_REFUSED_PEERS
+    budget.refuse_before_reading(lambda: "ipv4:10.0.0.0:4000")  # the first: forgotten, read
+    with pytest.raises(ResourceExhausted, match="refused before it was read"):
+        last = MAX_REFUSED_PEERS + 9
+        budget.refuse_before_reading(lambda: f"ipv4:10.0.{last // 256}.{last % 256}:4000")
