@@ -47,7 +47,8 @@ class InferenceCore:
         self.statistics = InferenceStatistics()
         self.tokenizer_pool = TokenizerPool(settings.tokenize_workers, settings.tokenize_max_backlog_texts)
         self.request_bytes = RequestBytesBudget(settings.max_request_bytes_in_flight,
-                                                refuse_unread_after=settings.refuse_unread_after)
+                                                refuse_unread_after=settings.refuse_unread_after,
+                                                refuse_unread_delay=settings.refuse_unread_delay_ms / 1000)
         self.tracer: RequestTracer | None = None  # TRACING HOOK: set by create_app when tracing is on
 
     # -- lifecycle ---------------------------------------------------------------------------

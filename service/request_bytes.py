@@ -9,7 +9,7 @@ before it is parsed, at the cost of the receive alone; a large message of a requ
 for room instead (its stream reads nothing more meanwhile). Small requests are never refused by it (the
 legitimate single-text traffic stays out of the hostile requests' way), except on a connection that
 keeps sending large requests past the budget, whose calls are refused before they are even read
-(``refuse_before_reading``); a large request is always taken when no other large one is in flight,
+(``refuse_before_reading``), the refusal answered after a short delay (``hold_refusal``); a large request is always taken when no other large one is in flight,
 so every legal request runs on an idle server (docs/reliability.md "Bounded work before admission").
 """
 from __future__ import annotations
@@ -24,16 +24,19 @@ from service.errors import ResourceExhausted
 SMALL_REQUEST_BYTES = 64 * 1024
 REFUSED_PEER_SECONDS = 1.0  # how long a connection's refused large requests are held against its next calls
 MAX_REFUSED_PEERS = 4096  # connections remembered at once (the oldest are forgotten first)
+MAX_HELD_REFUSALS = 64  # refusals before reading held for ``refuse_unread_delay`` at once; the rest answered at once
 
 
 class RequestBytesBudget:
     """Used from the event loop only (no lock)."""
 
-    def __init__(self, limit: int, refuse_unread_after: int = 2) -> None:
+    def __init__(self, limit: int, refuse_unread_after: int = 2, refuse_unread_delay: float = 0.0) -> None:
         self.limit = limit  # 0: no budget
         # refused large requests of one connection, each within REFUSED_PEER_SECONDS of the one before,
         # after which its calls are refused unread (0: never)
         self.refuse_unread_after = refuse_unread_after
+        self.refuse_unread_delay = refuse_unread_delay  # seconds a refusal before reading is held (0: none)
+        self.held_refusals = 0
         self.in_flight = 0
         self.waiting = 0  # stream messages waiting for room
         self._freed: asyncio.Event | None = None  # created on the loop by the first waiter
@@ -98,6 +101,20 @@ class RequestBytesBudget:
                 f"this connection keeps sending large requests past the budget (the last, {size} bytes, "
                 f"less than {REFUSED_PEER_SECONDS:g} s ago) and one would still not fit ({self.in_flight} bytes "
                 f"in flight, limit max_request_bytes_in_flight={self.limit}); refused before it was read, retry later")
+
+    async def hold_refusal(self) -> None:
+        """Wait ``refuse_unread_delay`` before a refusal of ``refuse_before_reading`` is answered. Answered
+        at once, such a client comes straight back: a closed-loop sender of large requests made the
+        server take ~270 calls/s (RST, handler, answer) and two more gRPC core threads' worth of work;
+        held, it comes back at most once per delay per open call (docs/reliability.md "Eighth pass").
+        At most ``MAX_HELD_REFUSALS`` wait at once (each is an open call), the rest are answered at once."""
+        if self.refuse_unread_delay <= 0 or self.held_refusals >= MAX_HELD_REFUSALS:
+            return
+        self.held_refusals += 1
+        try:
+            await asyncio.sleep(self.refuse_unread_delay)
+        finally:
+            self.held_refusals -= 1
 
     async def take_when_free(self, size: int) -> int:
         """``take`` for a message of a request stream: wait until it fits instead of refusing it

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -146,6 +147,15 @@ class Settings(BaseSettings):
            "before, after which its unary calls are refused before their message is read, for 1 s and while one "
            "of that size would not fit (0 = off: set 0 behind a proxy that reuses its upstream connections for "
            "different clients, such as the compose deployment's nginx)")
+    client_connection_header: str = _opt(
+        "", "metadata key a proxy in front sets to the client's own connection (the compose deployment's nginx: "
+            "x-client-connection = its address:port); refuse_unread_after then counts per client connection instead "
+            "of per proxy connection (empty = the connection the call came on; set it only where every call comes "
+            "through that proxy, since a client reaching the server directly can set any value)")
+    refuse_unread_delay_ms: float = _opt(
+        250.0, "a call refused before its message was read (refuse_unread_after) is answered after this delay, so a "
+               "client that retries at once comes back at most this often per open call (at most 64 calls held at "
+               "once per process, the rest answered at once; 0 = at once)")
     tokenize_workers: int = _opt(1, "threads tokenizing requests too large to tokenize on the event loop (all models)")
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
@@ -229,10 +239,16 @@ class Settings(BaseSettings):
                      "refuse_unread_after",
                      "malloc_arena_max"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
-        for name in ("poll_interval", "max_queue_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",
+        for name in ("poll_interval", "max_queue_delay_ms", "refuse_unread_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",
                      "max_connection_age_grace_seconds", "max_connection_idle_seconds"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         check(self.rest_idle_timeout > 0, "rest_idle_timeout", "must be > 0")
+        check(not self.client_connection_header or (
+              re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", self.client_connection_header) is not None
+              and not self.client_connection_header.startswith("grpc-")
+              and not self.client_connection_header.endswith("-bin")),
+              "client_connection_header", "must be a lowercase gRPC metadata key such as x-client-connection "
+              "(letters, digits, '-', '_', '.'; not grpc-*, not *-bin)")
         check(0.0 <= self.tracing_sample_ratio <= 1.0, "tracing_sample_ratio", "must be in [0, 1]")
         check(not self.tracing_otlp_endpoint or "://" in self.tracing_otlp_endpoint, "tracing_otlp_endpoint",
               "must be a URL such as http://127.0.0.1:4317")

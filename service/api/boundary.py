@@ -35,7 +35,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from service.auth import authorization_values
-from service.errors import Internal, InvalidArgument, ServiceError, Unavailable
+from service.errors import Internal, InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from service.request_bytes import RequestBytesBudget
 
 logger = logging.getLogger(__name__)
@@ -295,6 +295,23 @@ async def _fail(metrics: Any, call: CallInfo, context: grpc.aio.ServicerContext,
     await context.abort(code, message)
 
 
+def client_connection(context: grpc.aio.ServicerContext, header: str) -> Callable[[], str]:
+    """The caller's connection as the per-connection rules see it (``RequestBytesBudget``): gRPC's
+    peer, or where a proxy in front names the client's own connection in metadata
+    (``client_connection_header``), its value (the last one, should the client have sent its own)."""
+    if not header:
+        return context.peer
+
+    def named() -> str:
+        value = ""
+        for key, item in context.invocation_metadata() or ():
+            if key == header:
+                value = item
+        return f"{header}={value.strip()}" if value.strip() else context.peer()
+
+    return named
+
+
 def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
     """Decorate ``async def method(self, request, context, call)``; ``self.core.metrics`` is used.
     The request arrives unread (``add_servicer``): it is read unless its connection keeps sending
@@ -312,14 +329,19 @@ def unary(api: str, *, control: bool = False) -> Callable[[Callable[..., Awaitab
             traced = None if tracer is None else tracer.begin(api, context.invocation_metadata())  # TRACING HOOK
             self.core.call_started(context)
             budget, taken = self.core.request_bytes, 0
+            client = client_connection(context, self.core.settings.client_connection_header)
             try:
                 if control:
                     self.core.authorize_control(authorization_values(context.invocation_metadata()))
                 if isinstance(request, PendingRequest):
-                    budget.refuse_before_reading(context.peer)
+                    try:
+                        budget.refuse_before_reading(client)
+                    except ResourceExhausted:
+                        await budget.hold_refusal()  # a client retrying at once comes back less often
+                        raise
                     request = await request.read()
                 if isinstance(request, UnparsedRequest):
-                    taken = budget.take(len(request.data), context.peer)
+                    taken = budget.take(len(request.data), client)
                     request = request.parse()
                 if isinstance(request, UndecodableRequest):
                     raise request.error()

@@ -34,7 +34,7 @@ import pytest
 from client.client import TextclfClient, retry_service_config
 from service.healthcheck import check as health_check
 from tests.support.deploy_env import (MODEL, REPO, TEXTS, compose_service, env_of, nginx_failovers, ok_requests,
-                                      require_tools)
+                                      render_nginx, require_tools)
 from tests.support.onnx_bundle import make_onnx_bundle
 from tests.support.service_process import free_port
 from tests.support.traffic import Traffic, wait_for
@@ -172,30 +172,6 @@ def _replica_env(base: dict[str, str], port: int, metrics_port: int, repository:
     return env
 
 
-def _render_nginx(directory: Path, upstreams: list[str], listen: int, status_listen: int) -> Path:
-    """deploy/nginx/nginx.conf rendered with compose's nginx environment for loopback replicas."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("deploy_render", REPO / "deploy" / "render.py")
-    assert spec and spec.loader
-    render = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(render)
-    env = env_of(compose_service("nginx"))
-    server_line = env["TEXTCLF_UPSTREAM_SERVERS"].strip()
-    compose_target = f"textclf:{env_of(compose_service('textclf'))['TEXTCLF_PORT']}"
-    assert server_line.count("server ") == 1 and compose_target in server_line, server_line
-    env.update({
-        "NGINX_GRPC_LISTEN": f"127.0.0.1:{listen}",
-        "NGINX_STATUS_LISTEN": f"127.0.0.1:{status_listen}",
-        # compose's one `server textclf:8001 <params>;` line, once per loopback replica
-        "TEXTCLF_UPSTREAM_SERVERS": " ".join(server_line.replace(compose_target, u) for u in upstreams),
-    })
-    template = (REPO / "deploy" / "nginx" / "nginx.conf").read_text(encoding="utf-8")
-    path = directory / "nginx.conf"
-    path.write_text(render.render(template, env, env["NGINX_ENVSUBST_FILTER"]), encoding="utf-8")
-    return path
-
-
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     tools = require_tools("nginx", "prometheus")
@@ -218,7 +194,7 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         nginx_dir = work / "nginx"
         nginx_dir.mkdir()
         grpc_port, status_port = free_port(), free_port()
-        config = _render_nginx(nginx_dir, [r.address for r in replicas], grpc_port, status_port)
+        config = render_nginx(nginx_dir, [r.address for r in replicas], grpc_port, status_port)
         nginx = Process("nginx", [tools["nginx"], "-p", str(nginx_dir), "-c", str(config),
                                   "-e", str(nginx_dir / "error.log"),
                                   "-g", f"pid {nginx_dir / 'nginx.pid'}; daemon off;"],

@@ -84,8 +84,9 @@ def test_a_connection_that_keeps_sending_large_requests_past_the_budget_is_refus
     """Two large requests refused on one connection within a second: while one of that size still
     would not fit, its next call is refused before its message is read (bytes that would be
     INVALID_ARGUMENT if read get RESOURCE_EXHAUSTED), counted like any refusal; other connections'
-    small requests are admitted as before, and once the budget has room the connection is read again."""
-    server = start_server(max_request_bytes_in_flight=BUDGET)
+    small requests are admitted as before, and once the budget has room the connection is read again.
+    The refusal before reading is answered after ``refuse_unread_delay_ms``, the budget's own at once."""
+    server = start_server(max_request_bytes_in_flight=BUDGET, refuse_unread_delay_ms=300)
     budget = server.app.core.request_bytes
     entered, release = hold_inference(server)
     not_protobuf = b"\xff" * 90_000
@@ -99,8 +100,10 @@ def test_a_connection_that_keeps_sending_large_requests_past_the_budget_is_refus
                 raw(not_protobuf, timeout=10)
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "too many large requests in flight" in refused.value.details()
+        start = time.monotonic()
         with pytest.raises(grpc.RpcError) as unread:
             raw(b"\x00", timeout=10)  # field number 0: INVALID_ARGUMENT, had it been read
+        assert time.monotonic() - start >= 0.3, "a refusal before reading was answered before its delay"
         assert unread.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "refused before it was read" in unread.value.details()
 
@@ -155,3 +158,66 @@ def test_remembered_connections_are_bounded_and_the_oldest_forgotten_first() -> 
     with pytest.raises(ResourceExhausted, match="refused before it was read"):
         last = MAX_REFUSED_PEERS + 9
         budget.refuse_before_reading(lambda: f"ipv4:10.0.{last // 256}.{last % 256}:4000")
+
+
+def test_refusals_before_reading_are_held_for_the_delay_and_at_most_max_held_at_once() -> None:
+    """Each held refusal is an open call: past MAX_HELD_REFUSALS (an attacker with many open calls) the
+    rest are answered at once; a cancelled hold gives its place back; delay 0 answers at once."""
+    import asyncio
+
+    from service.request_bytes import MAX_HELD_REFUSALS, RequestBytesBudget
+
+    async def scenario() -> None:
+        budget = RequestBytesBudget(100_000, refuse_unread_delay=60.0)
+        held = [asyncio.ensure_future(budget.hold_refusal()) for _ in range(MAX_HELD_REFUSALS)]
+        while budget.held_refusals < MAX_HELD_REFUSALS:
+            await asyncio.sleep(0)
+        await asyncio.wait_for(budget.hold_refusal(), 5)  # one more: not held
+        assert not any(task.done() for task in held)
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+        assert budget.held_refusals == 0
+        await asyncio.wait_for(RequestBytesBudget(100_000, refuse_unread_delay=0.0).hold_refusal(), 5)
+
+    asyncio.run(scenario())
+
+
+def test_behind_a_proxy_refusals_count_per_client_connection_named_in_metadata(start_server, bundles) -> None:
+    """``client_connection_header``: one connection (a proxy's) carries two clients named in
+    metadata; the one that keeps sending large requests past the budget is refused unread, the other
+    one's calls on the very same connection are read (with the connection as the key, both would be
+    refused). A client naming itself first in a list is keyed by the last value (the proxy's)."""
+    server = start_server(max_request_bytes_in_flight=BUDGET, refuse_unread_delay_ms=0,
+                          client_connection_header="x-client-connection")
+    entered, release = hold_inference(server)
+    not_protobuf = b"\xff" * 90_000
+    pushy, polite = (("x-client-connection", "10.0.0.1:1111"),), (("x-client-connection", "10.0.0.2:2222"),)
+    with own_connection(server.address) as bulk, own_connection(server.address) as proxy:
+        first = pb_grpc.TextClassifierStub(bulk).Classify.future(classify_request(LARGE, "news"), timeout=30)
+        assert entered.wait(10)
+        raw = proxy.unary_unary(CLASSIFY, request_serializer=None, response_deserializer=None)
+        for _ in range(2):
+            with pytest.raises(grpc.RpcError) as refused:
+                raw(not_protobuf, timeout=10, metadata=pushy)
+            assert "too many large requests in flight" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as unread:
+            raw(b"\x00", timeout=10, metadata=pushy)
+        assert "refused before it was read" in unread.value.details()
+        with pytest.raises(grpc.RpcError) as read:  # another client on the same connection: read
+            raw(b"\x00", timeout=10, metadata=polite)
+        assert read.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as listed:
+            raw(b"\x00", timeout=10, metadata=(("x-client-connection", "10.0.0.9:9"), pushy[0]))
+        assert "refused before it was read" in listed.value.details()
+        release.set()
+        assert len(first.result(20).predictions) == 2
+
+
+def test_client_connection_header_must_be_a_metadata_key() -> None:
+    from service.settings import SettingsError, load_settings
+
+    assert load_settings(["--client-connection-header", "x-client-connection"], environ={}).client_connection_header
+    for bad in ("X-Client", "grpc-peer", "x-client-bin", "has space"):
+        with pytest.raises(SettingsError, match="client_connection_header"):
+            load_settings(["--client-connection-header", bad], environ={})

@@ -6,6 +6,8 @@
 * ``compose_config``: docker-compose.yml as docker-compose resolves it (anchors, merges,
   ``${VAR:-default}`` interpolation with defaults only), so every cross-check reads the values
   an operator would get.
+* ``render_nginx``: deploy/nginx/nginx.conf rendered the way the nginx image renders it, for
+  loopback upstreams;
 * ``MODEL``, ``TEXTS``: the model and the texts the traffic through nginx sends;
   ``nginx_failovers``: what nginx's access log says about re-sent and non-OK calls.
 """
@@ -141,3 +143,27 @@ def nginx_failovers(access_log: Path) -> tuple[int, int]:
         if entry["status"] != 200 or entry["grpc_status"] not in ("0", ""):
             non_ok += 1
     return failovers, non_ok
+
+
+def render_nginx(directory: Path, upstreams: list[str], listen: int, status_listen: int) -> Path:
+    """deploy/nginx/nginx.conf rendered with compose's nginx environment for loopback replicas."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("deploy_render", REPO / "deploy" / "render.py")
+    assert spec and spec.loader
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    env = env_of(compose_service("nginx"))
+    server_line = env["TEXTCLF_UPSTREAM_SERVERS"].strip()
+    compose_target = f"textclf:{env_of(compose_service('textclf'))['TEXTCLF_PORT']}"
+    assert server_line.count("server ") == 1 and compose_target in server_line, server_line
+    env.update({
+        "NGINX_GRPC_LISTEN": f"127.0.0.1:{listen}",
+        "NGINX_STATUS_LISTEN": f"127.0.0.1:{status_listen}",
+        # compose's one `server textclf:8001 <params>;` line, once per loopback replica
+        "TEXTCLF_UPSTREAM_SERVERS": " ".join(server_line.replace(compose_target, u) for u in upstreams),
+    })
+    template = (REPO / "deploy" / "nginx" / "nginx.conf").read_text(encoding="utf-8")
+    path = directory / "nginx.conf"
+    path.write_text(render.render(template, env, env["NGINX_ENVSUBST_FILTER"]), encoding="utf-8")
+    return path
