@@ -145,8 +145,8 @@ class Settings(BaseSettings):
     refuse_unread_after: int = _opt(
         2, "large requests of one connection refused by max_request_bytes_in_flight, each within 1 s of the one "
            "before, after which its unary calls are refused before their message is read, for 1 s and while one "
-           "of that size would not fit (0 = off: set 0 behind a proxy that reuses its upstream connections for "
-           "different clients, such as the compose deployment's nginx)")
+           "of that size would not fit (0 = off; behind a proxy that reuses its upstream connections for different "
+           "clients, set client_connection_header)")
     client_connection_header: str = _opt(
         "", "metadata key a proxy in front sets to the client's own connection (the compose deployment's nginx: "
             "x-client-connection = its address:port); refuse_unread_after then counts per client connection instead "
