@@ -9,10 +9,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from service.grpc_io import choose_grpc_io
 from service.memory import freeze_startup_objects, limit_malloc_arenas
 from service.metrics import WORKER_INDEX_ENV
 from service.runtime import RuntimeConfigError
-from service.server import create_app
 from service.settings import Settings, SettingsError, load_settings
 from service.supervisor import READY_FD_ENV, run_supervisor
 
@@ -46,6 +46,8 @@ def _tell_supervisor_ready() -> None:
 async def serve(settings: Settings, worker: str | None = None) -> None:
     """Run one server until SIGTERM/SIGINT. ``worker``: this process is worker ``worker`` of a
     multi-worker supervisor (SO_REUSEPORT on, the supervisor serves metrics and logs the totals)."""
+    from service.server import create_app  # imports grpc: only after main() has chosen gRPC core's I/O threads
+
     app = await create_app(settings, reuse_port=worker is not None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # single-text encode right after an inference took up to 10 ms instead of 0.4 ms with it on;
     # docs/benchmarks.md); the caller's environment still wins
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logger.debug("GRPC_EXPERIMENTS=%s", choose_grpc_io(settings.grpc_event_engine_io))  # workers inherit it
     if settings.workers > 1 and worker is None:
         return run_supervisor(settings, sys.argv[1:] if argv is None else list(argv))
     if worker is not None:

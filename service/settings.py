@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         250.0, "a call refused before its message was read (refuse_unread_after) is answered after this delay, so a "
                "client that retries at once comes back at most this often per open call (at most 64 calls held at "
                "once per process, the rest answered at once; 0 = at once)")
+    grpc_event_engine_io: bool = _opt(
+        False, "run gRPC core's socket I/O on its EventEngine thread pool (gRPC's default), which adds a thread at "
+               "most once a second while all its workers are busy and keeps it while traffic goes on; off, the I/O "
+               "runs on the poller thread grpcio's asyncio server already has, and bursts of large messages add no "
+               "thread (set at process start through GRPC_EXPERIMENTS; flags the caller's GRPC_EXPERIMENTS names win)")
     tokenize_workers: int = _opt(1, "threads tokenizing requests too large to tokenize on the event loop (all models)")
     tokenize_max_backlog_texts: int = _opt(
         256, "texts queued for or in the tokenizer threads; beyond it such requests get RESOURCE_EXHAUSTED "
