@@ -84,6 +84,16 @@ def test_a_burst_of_large_messages_is_not_read_by_the_event_engine_pool_and_adds
     assert default_cpu <= event_engine_cpu / 5, (default_cpu, event_engine_cpu)
 
 
+def test_in_process_servers_of_the_suite_run_on_the_same_io_path(bundles, server) -> None:
+    """tests/conftest.py chose the production I/O threads before anything imported grpc: this test
+    process's EventEngine pool (its servers' and clients' alike) reads none of a burst either."""
+    before = _event_engine_threads(os.getpid())
+    assert _send_large_messages(server.address) == {"NOT_FOUND": CONNECTIONS * CALLS}
+    after = _event_engine_threads(os.getpid())
+    assert after[0] == before[0]
+    assert after[1] - before[1] <= 0.02, after[1] - before[1]  # 0.09-0.11 s when the pool does the I/O
+
+
 def test_grpc_experiments_turn_the_event_engine_io_off_unless_the_caller_named_a_flag() -> None:
     environ: dict[str, str] = {}
     value = choose_grpc_io(False, environ)
