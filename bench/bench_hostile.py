@@ -277,7 +277,8 @@ async def _hostile_attack(address: str, model: str, clients: int, streams: int, 
                          "within_1s": sum(1 for s, _, _ in rows if s <= GOALS["hostile_answered_within_s"]),
                          "slowest": None if slowest is None else {"ms": slowest[0] * 1e3, "code": slowest[1],
                                                                     "sent_at_s": slowest[2]},
-                         "p50_ms": support.percentile(latencies, 50), "max_ms": max(latencies, default=float("nan"))}
+                         "p50_ms": support.percentile(latencies, 50),
+                         "max_ms": float("nan") if slowest is None else slowest[0] * 1e3}
     return {"kinds": summary, "never_read_streams": streams, "never_read_messages_written": written[0]}
 
 

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # single-text encode right after an inference took up to 10 ms instead of 0.4 ms with it on;
     # docs/benchmarks.md); the caller's environment still wins
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logger.debug("GRPC_EXPERIMENTS=%s", choose_grpc_io(settings.grpc_event_engine_io))  # workers inherit it
+    experiments = choose_grpc_io(settings.grpc_event_engine_io)  # before grpc is imported; workers inherit it
+    logger.debug("GRPC_EXPERIMENTS=%s", experiments)
     if settings.workers > 1 and worker is None:
         return run_supervisor(settings, sys.argv[1:] if argv is None else list(argv))
     if worker is not None:
