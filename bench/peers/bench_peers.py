@@ -72,15 +72,19 @@ SERVERS = {
     "kserve": ServerKind("kserve", "KServe 0.21.0 Python model server (no batcher)", "kserve", "kserve_server.py"),
     "pytriton": ServerKind("pytriton", "PyTriton 0.7.0: Triton C++ frontend + dynamic batcher", "pytriton",
                            "pytriton_server.py"),
+    # a prototype front end of textclf (project venv), only when asked for: docs/benchmarks.md
+    "textclf-sync": ServerKind("textclf-sync", "prototype: grpcio sync server + combining batcher (not the product)",
+                               None, "../prototypes/sync_front.py"),
 }
+PROTOTYPES = ("textclf-sync",)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-repository", type=Path, default=ROOT / "models", help="default: models/")
     p.add_argument("--model", default="news", help="model name in the repository (default: news)")
-    p.add_argument("--servers", nargs="+", choices=list(SERVERS), default=list(SERVERS),
-                   help="textclf runs first and last in each cell when listed")
+    p.add_argument("--servers", nargs="+", choices=list(SERVERS), default=[s for s in SERVERS if s not in PROTOTYPES],
+                   help="textclf runs first and last in each cell when listed (default: all but the prototypes)")
     p.add_argument("--lengths", nargs="+", choices=("short", "long"), default=["short", "long"])
     p.add_argument("--concurrency", type=int, nargs="+", help="default 1 16 64 (--quick: 1 16)")
     p.add_argument("--seconds", type=float, help="measured seconds per run (default 10; --quick 1.5)")
@@ -93,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="MLServer adaptive batching window (max_batch_time; max_batch_size 64)")
     p.add_argument("--pytriton-max-queue-delay-us", type=int, default=100,
                    help="Triton dynamic batcher max_queue_delay_microseconds (max_batch_size 64)")
+    p.add_argument("--sync-threads", type=int, default=4, help="textclf-sync prototype: handler threads")
     p.add_argument("--atol", type=float, default=1e-5, help="largest |probability difference| to textclf")
     p.add_argument("--no-install", action="store_true",
                    help="do not create or update the peer venvs (fail when one is not current)")
@@ -119,8 +124,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def peer_command(kind: ServerKind, bundle: support.Bundle, ports: dict[str, int], workdir: Path,
                  args: argparse.Namespace) -> list[str]:
-    assert kind.venv and kind.script
-    command = [str(venvs.venv_python(kind.venv)), str(HERE / kind.script), "--bundle", str(bundle.path),
+    assert kind.script
+    python = sys.executable if kind.venv is None else str(venvs.venv_python(kind.venv))
+    command = [python, str(HERE / kind.script), "--bundle", str(bundle.path),
                "--model", bundle.name, "--grpc-port", str(ports["grpc"]), "--http-port", str(ports["http"]),
                "--metrics-port", str(ports["metrics"]), "--workdir", str(workdir)]
     if kind.name == "mlserver":
@@ -129,6 +135,8 @@ def peer_command(kind: ServerKind, bundle: support.Bundle, ports: dict[str, int]
         command += ["--max-batch-size", "1"]
     elif kind.name == "pytriton":
         command += ["--max-batch-size", "64", "--max-queue-delay-us", str(args.pytriton_max_queue_delay_us)]
+    elif kind.name == "textclf-sync":
+        command += ["--threads", str(args.sync_threads)]
     return command
 
 
@@ -136,7 +144,7 @@ def start(kind: ServerKind, bundle: support.Bundle, args: argparse.Namespace, lo
     """Start one server alone (its own process group) on free loopback ports; wait until the model is ready."""
     ports = {"grpc": support.free_port(), "http": support.free_port(), "metrics": support.free_port()}
     metrics_url = None
-    if kind.venv is None:
+    if kind.venv is None and kind.script is None:
         command = support.server_command(bundle.repository, ports["grpc"], ports["metrics"], batching=True,
                                          threads=1, extra_args=["--inter-op-threads", "1"])
         metrics_url = f"http://127.0.0.1:{ports['metrics']}/metrics"
