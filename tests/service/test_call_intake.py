@@ -100,13 +100,17 @@ def test_max_concurrent_rpcs_counts_calls_from_every_intake(start_server, bundle
         # unary calls, both APIs, refused while the limit is taken; the largest valid message too
         stub = pb_grpc.TextClassifierStub(channel)
         kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        # and every other service of the server: health (unary and its response stream)
+        health = health_pb2_grpc.HealthStub(channel)
         for call in (lambda: stub.Classify(pb.ClassifyRequest(model="news", texts=["x " * 30000] * 64), timeout=10),
-                     lambda: kserve.ModelInfer(_kserve_request("x"), timeout=10)):
+                     lambda: kserve.ModelInfer(_kserve_request("x"), timeout=10),
+                     lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=10),
+                     lambda: next(health.Watch(health_pb2.HealthCheckRequest(), timeout=10))):
             with pytest.raises(grpc.RpcError) as error:
                 call()
             assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         samples = scrape(server.metrics_url)
-        assert metric(samples, "textclf_calls_refused_total", reason="max_concurrent_rpcs") == limit + 2
+        assert metric(samples, "textclf_calls_refused_total", reason="max_concurrent_rpcs") == limit + 4
         # refused calls never reached a servicer (their requests were not read)
         assert metric(samples, "textclf_requests_total", api="textclf.v1.Classify") == 0
         assert metric(samples, "textclf_requests_total", api="inference.ModelInfer") == 0
@@ -119,7 +123,12 @@ def test_max_concurrent_rpcs_counts_calls_from_every_intake(start_server, bundle
         for outbox, responses in streams:
             outbox.put(None)
             assert list(responses) == []
-    wait_until(lambda: _active(server) == 0, what="every place freed")
+        wait_until(lambda: _active(server) == 0, what="every place freed")
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)  # an open health stream holds a place
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        assert _active(server) == 1
+        watch.cancel()
+    wait_until(lambda: _active(server) == 0, what="the health stream's place freed")
 
 
 def _active(server) -> int:
