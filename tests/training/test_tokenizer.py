@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from bundle.tokenization import PAD_ID, UNK_ID, TextEncoder, pad
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+from bundle.tokenization import FAST_PATH_MAX_CHARS, PAD_ID, UNK_ID, TextEncoder, pad
 from training.tokenizer import train_tokenizer
 
 CORPUS = [
@@ -69,6 +71,66 @@ def test_ids_equal_the_offset_tracking_encoder(encoder: TextEncoder) -> None:
     texts = [*CORPUS, "", "  ", "MARKET\u00a0fell", "ﬁle ＦＩＬＥ", "market. " * 50, "a\x00b\u200bc"]
     slow = [e.ids for e in encoder.tokenizer.encode_batch(texts, add_special_tokens=False)]
     assert encoder.token_ids(texts) == slow
+
+
+# -- the ASCII fast path (bundle/tokenization.py's docstring) ------------------------------------
+
+def _tokenizers_ids(encoder: TextEncoder, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in encoder.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+class TokenizersCalls(TextEncoder):
+    """The real encoder, recording the texts it hands to ``tokenizers``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[str] = []
+
+    def _tokenizers_ids(self, texts):
+        self.sent.extend(texts)
+        return super()._tokenizers_ids(texts)
+
+
+# every ASCII character (controls, DEL, every whitespace and punctuation mark), known words in any case
+_ASCII = [chr(c) for c in range(128)] + ["market", "MARKET", "Market", "file", "rallied", "today", "again"]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(_ASCII), max_size=80))
+@example(parts=["market", "_", "file", "\x1c", "today", "\x0b", "again", "\x7f", "`", "\x00"])
+def test_ascii_fast_path_gives_the_ids_of_tokenizers(encoder: TextEncoder, parts: list[str]) -> None:
+    text = "".join(parts)
+    counting = TokenizersCalls(encoder.tokenizer, max_len=4)
+    assert counting.has_ascii_fast_path
+    ids = counting.token_ids([text, "the market"])
+    assert ids == _tokenizers_ids(encoder, [text, "the market"])
+    if "[PAD]" not in text and "[UNK]" not in text:
+        assert counting.sent == []  # computed in Python, not by tokenizers
+
+
+def test_texts_the_fast_path_does_not_reproduce_go_to_tokenizers(encoder: TextEncoder) -> None:
+    counting = TokenizersCalls(encoder.tokenizer, max_len=4)
+    texts = ["the market [UNK] fell", "[PAD]market", "[unk] rallied", "MARKET\u00a0fell", "market"]
+    assert counting.token_ids(texts) == _tokenizers_ids(encoder, texts)
+    assert counting.sent == texts[:4]  # added tokens' contents (either case) and non-ASCII
+    big = ["market " * (FAST_PATH_MAX_CHARS // 7 + 1)]  # a call over the fast path's size: tokenizers, without the GIL
+    counting.sent.clear()
+    assert counting.token_ids(big) == _tokenizers_ids(encoder, big) and counting.sent == big
+
+
+@pytest.mark.parametrize("change", ["no-lowercase", "whitespace-split", "wordpiece"])
+def test_other_tokenizer_pipelines_have_no_fast_path(encoder: TextEncoder, change: str) -> None:
+    tokenizer = Tokenizer.from_str(encoder.tokenizer.to_str())
+    if change == "no-lowercase":
+        tokenizer.normalizer = normalizers.NFKC()
+    elif change == "whitespace-split":
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        tokenizer.model = models.WordPiece(encoder.tokenizer.get_vocab(), unk_token="[UNK]")
+    other = TextEncoder(tokenizer, max_len=4)
+    assert not other.has_ascii_fast_path
+    texts = ["The MARKET fell, again!", "file_file"]
+    assert other.token_ids(texts) == [e.ids for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
 
 
 # -- bounded work (docs/service.md "Bounded work per text") ----------------------------------
