@@ -22,7 +22,6 @@ import concurrent.futures
 import logging
 import signal
 import sys
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +31,7 @@ if str(ROOT) not in sys.path:
 import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
 
+from serving_support import serve_sync_until_signal  # noqa: E402
 from service.intake import CallIntake  # noqa: E402
 from service.server import grpc_server_options  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -99,12 +99,7 @@ def serve_sync(port: int, threads: int) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise OSError(f"cannot bind 127.0.0.1:{port}")
-    server.start()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    server.stop(0).wait()
+    serve_sync_until_signal(server, 0)
 
 
 def main(argv: list[str] | None = None) -> int:

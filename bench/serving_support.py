@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,17 @@ def build_random_bundle(name: str) -> Bundle:
                                       max_len=defaults.max_len)
     path = export_bundle(checkpoint, workdir / "models", name, providers=["CPUExecutionProvider"])
     return Bundle(workdir / "models", name, int(path.name), path, ModelCard.load(path / "model.json"), synthetic=True)
+
+
+def serve_sync_until_signal(server: grpc.Server, grace_s: float) -> None:
+    """Start grpcio's thread-pool ``server`` and block until SIGTERM or SIGINT; then stop it with
+    ``grace_s`` of grace (the floor server's sync kind, the sync-front prototype)."""
+    server.start()
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace_s).wait()
 
 
 def run_report(script: str, argv: list[str] | None, started: float, load_start: tuple[float, float, float],

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import logging
-import signal
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench" / "peers"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from service.grpc_io import choose_grpc_io  # noqa: E402
 
@@ -44,6 +44,7 @@ from prometheus_client import Counter, Histogram  # noqa: E402
 
 from bundle.store import verify_bundle  # noqa: E402
 from launch_args import launcher_parser  # noqa: E402
+from serving_support import serve_sync_until_signal  # noqa: E402
 from service.api import kserve_codec as codec  # noqa: E402
 from service.runtime import ModelRuntime  # noqa: E402
 from service.server import grpc_server_options  # noqa: E402
@@ -182,12 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
         SyncKServe(args.model, int(args.bundle.name), runtime, batcher, settings.max_texts_per_request), server)
     server.add_insecure_port(f"127.0.0.1:{args.grpc_port}")
-    server.start()
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    server.stop(2).wait()
+    serve_sync_until_signal(server, 2)
     return 0
 
 
