@@ -22,17 +22,21 @@ ASCII fast path: for the pipeline this project trains (training/tokenizer.py: NF
 BertPreTokenizer, WordLevel), an ASCII text's tokens are its lowercased runs of characters that are
 neither ASCII whitespace (as Rust's ``char::is_whitespace``: tab, LF, VT, FF, CR, space) nor ASCII
 punctuation (``char::is_ascii_punctuation``), and each punctuation mark alone; NFKC leaves ASCII as
-it is. ``token_ids`` computes those in Python for small calls (at most ``FAST_PATH_MAX_CHARS``
-characters: what the server tokenizes on its event loop), 4-5x faster than a call into
-``tokenizers`` for one text, with the same ids (tests/training/test_tokenizer.py); any other text,
-one holding an added token's content (``[PAD]``, ``[UNK]``), any other tokenizer and larger calls
-(which ``tokenizers`` runs without the GIL) go to ``tokenizers``.
+it is. The same holds for texts that also hold Latin-1 letters and signs NFKC leaves alone and the
+pre-tokenizer keeps inside words ("£", "é", "É", "ß", ...: ``latin1_word_characters``, each checked
+against the bundle's own tokenizer when the encoder is built). ``token_ids`` computes those in
+Python for small calls (at most ``FAST_PATH_MAX_CHARS`` characters: what the server tokenizes on its
+event loop), 4-5x faster than a call into ``tokenizers`` for one text, with the same ids
+(tests/training/test_tokenizer.py); any other text, one holding an added token's content
+(``[PAD]``, ``[UNK]``), any other tokenizer and larger calls (which ``tokenizers`` runs without the
+GIL) go to ``tokenizers``.
 """
 from __future__ import annotations
 
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +68,23 @@ _TRAINED_PIPELINE = {
     "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
     "pre_tokenizer": {"type": "BertPreTokenizer"},
 }
+
+
+def latin1_word_characters(tokenizer: Tokenizer) -> str:
+    """The Latin-1 characters (U+00A1-U+00FF) the ASCII fast path also takes: those NFKC leaves as
+    they are and whose lowercase the pre-tokenizer keeps inside a word (letters, "£", "©", ...),
+    each checked against ``tokenizer``'s own normalizer and pre-tokenizer."""
+    kept = []
+    for code in range(0xA1, 0x100):
+        char = chr(code)
+        lowered = char.lower()
+        if (not unicodedata.is_normalized("NFKC", char) or unicodedata.category(char)[0] in "PZ"
+                or len(lowered) != 1 or tokenizer.normalizer.normalize_str(char) != lowered):
+            continue
+        probe = f"a{lowered}b"
+        if [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(probe)] == [probe]:
+            kept.append(char)
+    return "".join(kept)
 
 
 def ascii_fast_path_vocab(tokenizer: Tokenizer) -> tuple[dict[str, int], tuple[str, ...]] | None:
@@ -134,6 +155,9 @@ class TextEncoder:
         self.tokenizer.no_truncation()
         fast_path = ascii_fast_path_vocab(tokenizer)
         self._ascii_vocab, self._added_tokens = fast_path if fast_path is not None else (None, ())
+        # a non-ASCII text takes the fast path when this finds nothing in it
+        self._outside_fast_path = re.compile(
+            f"[^\\x00-\\x7f{re.escape(latin1_word_characters(tokenizer)) if fast_path else ''}]")
 
     @classmethod
     def from_file(cls, path: str | Path, max_len: int) -> "TextEncoder":
@@ -162,7 +186,8 @@ class TextEncoder:
         others: list[int] = []
         for i, text in enumerate(texts):
             lowered = text.lower()
-            if text.isascii() and not any(t in text or t.lower() in lowered for t in self._added_tokens):
+            if ((text.isascii() or self._outside_fast_path.search(text) is None)
+                    and not any(t in text or t.lower() in lowered for t in self._added_tokens)):
                 ids.append([vocab.get(token, UNK_ID) for token in _ASCII_TOKENS.findall(lowered)])
             else:
                 ids.append(None)

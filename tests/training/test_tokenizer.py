@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from bundle.tokenization import FAST_PATH_MAX_CHARS, PAD_ID, UNK_ID, TextEncoder, pad
+from bundle.tokenization import FAST_PATH_MAX_CHARS, PAD_ID, UNK_ID, TextEncoder, latin1_word_characters, pad
 from training.tokenizer import train_tokenizer
 
 CORPUS = [
@@ -91,28 +91,41 @@ class TokenizersCalls(TextEncoder):
         return super()._tokenizers_ids(texts)
 
 
-# every ASCII character (controls, DEL, every whitespace and punctuation mark), known words in any case
-_ASCII = [chr(c) for c in range(128)] + ["market", "MARKET", "Market", "file", "rallied", "today", "again"]
+# every ASCII character (controls, DEL, every whitespace and punctuation mark), every Latin-1
+# character (those NFKC changes, punctuation, NBSP, letters, signs), a combining accent, known words in any case
+_FAST_ALPHABET = ([chr(c) for c in range(0x100)] + ["\u0301", "market", "MARKET", "Market", "file", "rallied", "today",
+                                                     "again", "café", "CAFÉ", "£5m"])
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(parts=st.lists(st.sampled_from(_ASCII), max_size=80))
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=st.lists(st.sampled_from(_FAST_ALPHABET), max_size=80))
 @example(parts=["market", "_", "file", "\x1c", "today", "\x0b", "again", "\x7f", "`", "\x00"])
+@example(parts=["E", "\u0301", " ", "CAFÉ", "\u00a0", "£5m", "\u00b5", "«", "\u00ad", "ß", "ª"])
 def test_ascii_fast_path_gives_the_ids_of_tokenizers(encoder: TextEncoder, parts: list[str]) -> None:
     text = "".join(parts)
     counting = TokenizersCalls(encoder.tokenizer, max_len=4)
     assert counting.has_ascii_fast_path
     ids = counting.token_ids([text, "the market"])
     assert ids == _tokenizers_ids(encoder, [text, "the market"])
-    if "[PAD]" not in text and "[UNK]" not in text:
+    taken = set(latin1_word_characters(encoder.tokenizer))
+    if "[PAD]" not in text and "[UNK]" not in text and all(c.isascii() or c in taken for c in text):
         assert counting.sent == []  # computed in Python, not by tokenizers
+    elif "\u0301" in text or "\u00a0" in text:
+        assert counting.sent == [text]  # NFKC would change it: tokenizers
+
+
+def test_latin1_letters_and_signs_are_taken_and_what_nfkc_changes_is_not(encoder: TextEncoder) -> None:
+    taken = latin1_word_characters(encoder.tokenizer)
+    assert {"£", "é", "É", "ß", "ÿ", "©"} <= set(taken)
+    # NFKC changes them (NBSP -> space, µ -> μ, ª -> a, ½ -> 1⁄2) or they are punctuation («, ¿, ·)
+    assert not set(taken) & {"\u00a0", "µ", "ª", "½", "«", "¿", "·", "¨"}
 
 
 def test_texts_the_fast_path_does_not_reproduce_go_to_tokenizers(encoder: TextEncoder) -> None:
     counting = TokenizersCalls(encoder.tokenizer, max_len=4)
-    texts = ["the market [UNK] fell", "[PAD]market", "[unk] rallied", "MARKET\u00a0fell", "market"]
+    texts = ["the market [UNK] fell", "[PAD]market", "[unk] rallied", "MARKET\u00a0fell", "market", "£5m café"]
     assert counting.token_ids(texts) == _tokenizers_ids(encoder, texts)
-    assert counting.sent == texts[:4]  # added tokens' contents (either case) and non-ASCII
+    assert counting.sent == texts[:4]  # added tokens' contents (either case), a character NFKC changes
     big = ["market " * (FAST_PATH_MAX_CHARS // 7 + 1)]  # a call over the fast path's size: tokenizers, without the GIL
     counting.sent.clear()
     assert counting.token_ids(big) == _tokenizers_ids(encoder, big) and counting.sent == big
