@@ -154,7 +154,10 @@ class TextEncoder:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         fast_path = ascii_fast_path_vocab(tokenizer)
-        self._ascii_vocab, self._added_tokens = fast_path if fast_path is not None else (None, ())
+        self._ascii_vocab, added_tokens = fast_path if fast_path is not None else (None, ())
+        # lowercased: on the fast path's texts lowercasing maps character to character, so an added
+        # token's content is in a text exactly when its lowercase is in the text's lowercase
+        self._added_tokens_lowered = tuple(token.lower() for token in added_tokens)
         # a non-ASCII text takes the fast path when this finds nothing in it
         self._outside_fast_path = re.compile(
             f"[^\\x00-\\x7f{re.escape(latin1_word_characters(tokenizer)) if fast_path else ''}]")
@@ -187,7 +190,7 @@ class TextEncoder:
         for i, text in enumerate(texts):
             lowered = text.lower()
             if ((text.isascii() or self._outside_fast_path.search(text) is None)
-                    and not any(t in text or t.lower() in lowered for t in self._added_tokens)):
+                    and not any(token in lowered for token in self._added_tokens_lowered)):
                 ids.append([vocab.get(token, UNK_ID) for token in _ASCII_TOKENS.findall(lowered)])
             else:
                 ids.append(None)

@@ -86,12 +86,9 @@ class CombiningBatcher:
             lead = not self._computing
             self._computing = True
         if not lead:
-            slot.done.wait()
-            if not slot.lead:
-                if slot.error is not None:
-                    raise slot.error
-                return slot.result  # type: ignore[return-value]
-        self._lead()
+            slot.done.wait()  # answered, or handed the lead
+        if lead or slot.lead:
+            self._lead()
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
