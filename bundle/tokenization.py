@@ -188,17 +188,25 @@ class TextEncoder:
         ids: list[list[int] | None] = []
         others: list[int] = []
         for i, text in enumerate(texts):
-            lowered = text.lower()
-            if ((text.isascii() or self._outside_fast_path.search(text) is None)
-                    and not any(token in lowered for token in self._added_tokens_lowered)):
-                ids.append([vocab.get(token, UNK_ID) for token in _ASCII_TOKENS.findall(lowered)])
-            else:
+            tokens = self.fast_path_tokens(text)
+            if tokens is None:
                 ids.append(None)
                 others.append(i)
+            else:
+                ids.append([vocab.get(token, UNK_ID) for token in tokens])
         if others:
             for i, row in zip(others, self._tokenizers_ids([texts[i] for i in others])):
                 ids[i] = row
         return ids  # type: ignore[return-value]
+
+    def fast_path_tokens(self, text: str) -> list[str] | None:
+        """``text``'s tokens by the ASCII fast path, or None where it does not apply (module docstring)."""
+        if self._ascii_vocab is None or not (text.isascii() or self._outside_fast_path.search(text) is None):
+            return None
+        lowered = text.lower()
+        if any(token in lowered for token in self._added_tokens_lowered):
+            return None
+        return _ASCII_TOKENS.findall(lowered)
 
     def _tokenizers_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character

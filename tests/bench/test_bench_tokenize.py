@@ -1,0 +1,32 @@
+"""The tokenization benchmark (bench/bench_tokenize.py) runs end to end, puts the ASCII texts on the
+fast path and finds the same ids as tokenizers."""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.onnx_bundle import make_onnx_bundle
+
+ROOT = Path(__file__).resolve().parents[2]
+WORDS = "the bank market rates striker team phone chip final shares rose fell goal scored software".split()
+
+
+def test_bench_tokenize_reports_both_ways_with_the_same_ids(tmp_path: Path) -> None:
+    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=512)
+    rng = random.Random(0)
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("".join(json.dumps({"text": "Costs £5m, café. " + " ".join(rng.choice(WORDS) for _ in range(400))}) + "\n"
+                             for _ in range(10)), encoding="utf-8")
+    output = tmp_path / "tokenize.json"
+    run = subprocess.run([sys.executable, "bench/bench_tokenize.py", "--repository", str(tmp_path / "models"),
+                          "--texts-jsonl", str(texts), "--num-texts", "8", "--calls", "50", "--output", str(output)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    cells = json.loads(output.read_text())["cells"]
+    assert [c["length"] for c in cells] == ["short", "long"]
+    for cell in cells:
+        assert cell["differing_ids"] == 0 and cell["fast_path_texts"] == cell["texts"] == 8
+        assert cell["fast_path_us"] > 0 and cell["tokenizers_us"] > 0
