@@ -218,13 +218,17 @@ class TextEncoder:
 
         Rounds: every unfinished text is cut to at most ``limit`` characters, at its last ASCII
         whitespace, or at ``limit`` itself when it has none there, and the prefixes are tokenized
-        together. A text is finished when it was not cut, when its whitespace-cut prefix holds more
-        than ``max_len`` tokens, when its hard-cut prefix holds more than ``max_len +
-        HARD_CUT_SLACK`` (only the tokens at a hard cut can differ from the full text's), or in the
-        last round (``limit == char_budget``); otherwise the next round's limit is extrapolated
-        from the prefix's characters per token (at least doubling)."""
+        together. A text within the budget starts with its whole length as the limit (one round,
+        never more than ``char_budget`` characters); a longer one with ``max_len + 1``, the fewest
+        characters that can hold more than ``max_len`` tokens. A text is finished when it was not
+        cut, when its whitespace-cut prefix holds more than ``max_len`` tokens, when its hard-cut
+        prefix holds more than ``max_len + HARD_CUT_SLACK`` (only the tokens at a hard cut can
+        differ from the full text's), or in the last round (``limit == char_budget``); otherwise
+        the next round's limit is extrapolated from the prefix's characters per token (at least
+        doubling)."""
         results: list[EncodedText | None] = [None] * len(texts)
-        limits = {i: min(self.char_budget, self.max_len + 1) for i in range(len(texts))}
+        budget, first = self.char_budget, min(self.char_budget, self.max_len + 1)
+        limits = {i: len(text) if len(text) <= budget else first for i, text in enumerate(texts)}
         while limits:
             pieces: list[tuple[int, str, int]] = []  # (text index, prefix, tokens it must exceed to finish)
             for i, limit in limits.items():

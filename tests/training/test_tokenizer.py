@@ -235,6 +235,21 @@ def test_short_texts_are_tokenized_once_in_full(tokenizer_json: str) -> None:
     assert [e.ids.tolist() for e in encoded] == [ids or [UNK_ID] for ids in encoder.token_ids(texts)]
 
 
+@pytest.mark.parametrize("text", [
+    "The market rallied today, and the MARKET fell again! " * 9,  # 477 characters, 99 tokens
+    "." * 512,  # the budget exactly, 512 tokens: the most a text within it can cost
+])
+def test_texts_within_the_budget_are_tokenized_whole_in_one_round(text: str) -> None:
+    """Longer than ``max_len + 1`` characters but within ``char_budget``: one call with the whole
+    text (no first round on a ``max_len + 1``-character prefix), the ids of tokenizing it in full."""
+    encoder = CountingEncoder(train_tokenizer(CORPUS, vocab_size=500, min_frequency=1), 64)
+    assert encoder.max_len + 1 < len(text) <= encoder.char_budget
+    [encoded] = encoder.encode([text])
+    assert encoder.calls == [[text]]
+    full = encoder.token_ids([text])[0]
+    assert encoded.ids.tolist() == full[:64] and encoded.truncated == (len(full) > 64)
+
+
 def test_long_text_needs_at_most_two_rounds_when_words_are_ordinary() -> None:
     """A long legitimate text: the second round's prefix is extrapolated from the first's
     characters per token, so the tokenizer does not crawl up in small steps."""
