@@ -18,18 +18,22 @@ within the budget) gets exactly the ids and the truncated flag of tokenizing it 
 (tests/training/test_tokenizer.py::test_bounded_encoding_keeps_the_ids_of_texts_within_budget); any
 other text is classified from its prefix and flagged truncated.
 
-ASCII fast path: for the pipeline this project trains (training/tokenizer.py: NFKC, Lowercase,
+Fast path: for the pipeline this project trains (training/tokenizer.py: NFKC, Lowercase,
 BertPreTokenizer, WordLevel), an ASCII text's tokens are its lowercased runs of characters that are
 neither ASCII whitespace (as Rust's ``char::is_whitespace``: tab, LF, VT, FF, CR, space) nor ASCII
 punctuation (``char::is_ascii_punctuation``), and each punctuation mark alone; NFKC leaves ASCII as
-it is. The same holds for texts that also hold Latin-1 letters and signs NFKC leaves alone and the
-pre-tokenizer keeps inside words ("£", "é", "É", "ß", ...: ``latin1_word_characters``, each checked
-against the bundle's own tokenizer when the encoder is built). ``token_ids`` computes those in
-Python for small calls (at most ``FAST_PATH_MAX_CHARS`` characters: what the server tokenizes on its
-event loop), 4-5x faster than a call into ``tokenizers`` for one text, with the same ids
-(tests/training/test_tokenizer.py); any other text, one holding an added token's content
-(``[PAD]``, ``[UNK]``), any other tokenizer and larger calls (which ``tokenizers`` runs without the
-GIL) go to ``tokenizers``.
+it is. The same holds, with more whitespace and punctuation, for texts that also hold characters of
+``FAST_PATH_BLOCKS`` (Latin-1, Latin Extended-A/B, Greek, Cyrillic, General Punctuation, currency
+signs) that NFKC leaves alone and that lowercase to one character without context (not capital
+sigma): ``fast_path_characters`` checks each one against the bundle's own normalizer and
+pre-tokenizer when the encoder is built ("é", "ж", "€" inside words; curly quotes, dashes, "«" as
+punctuation; U+2028 as whitespace). None of them is a combining mark or combines with its
+neighbours under NFKC (tested for every pair), so a text of them is NFKC-normalized as a whole.
+``token_ids`` computes those in Python for small calls (at most ``FAST_PATH_MAX_CHARS`` characters:
+what the server tokenizes on its event loop), 4-5x faster than a call into ``tokenizers`` for one
+text, with the same ids (tests/training/test_tokenizer.py); any other text ("…", NBSP, CJK, emoji,
+combining marks), one holding an added token's content (``[PAD]``, ``[UNK]``), any other tokenizer
+and larger calls (which ``tokenizers`` runs without the GIL) go to ``tokenizers``.
 """
 from __future__ import annotations
 
@@ -59,38 +63,91 @@ CHARS_PER_TOKEN = 8
 HARD_CUT_SLACK = 8
 # Characters where a text may be cut without changing the tokens before the cut.
 _CUT_CHARS = (" ", "\n", "\t", "\r")
-# The ASCII fast path (module docstring): a call's texts are tokenized in Python up to this many
+# The fast path (module docstring): a call's texts are tokenized in Python up to this many
 # characters in all; a larger call goes to tokenizers, which releases the GIL while it works.
 FAST_PATH_MAX_CHARS = 4096
 _ASCII_PUNCTUATION = r"!-/:-@\[-`{-~"  # the 32 marks of Rust's char::is_ascii_punctuation
-_ASCII_TOKENS = re.compile(rf"[{_ASCII_PUNCTUATION}]|[^\t\n\x0b\x0c\r {_ASCII_PUNCTUATION}]+")
+_ASCII_WHITESPACE = r"\t\n\x0b\x0c\r "  # Rust's char::is_whitespace within ASCII
+# Blocks beyond ASCII whose characters the fast path may take, each character checked against the
+# bundle's own normalizer and pre-tokenizer (``fast_path_characters``): Latin-1 Supplement, Latin
+# Extended-A and -B, Greek and Coptic, Cyrillic and its Supplement, General Punctuation (curly
+# quotes, dashes), Currency Symbols.
+FAST_PATH_BLOCKS = ((0x80, 0x250), (0x370, 0x530), (0x2000, 0x2070), (0x20A0, 0x20D0))
+# Python's str.lower() maps capital sigma by what surrounds it (final sigma); tokenizers' Lowercase
+# maps character by character
+_CONTEXT_LOWERED = "\u03a3"
 _TRAINED_PIPELINE = {
     "normalizer": {"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}]},
     "pre_tokenizer": {"type": "BertPreTokenizer"},
 }
 
 
-def latin1_word_characters(tokenizer: Tokenizer) -> str:
-    """The Latin-1 characters (U+00A1-U+00FF) the ASCII fast path also takes: those NFKC leaves as
-    they are and whose lowercase the pre-tokenizer keeps inside a word (letters, "£", "©", ...),
-    each checked against ``tokenizer``'s own normalizer and pre-tokenizer."""
-    kept = []
-    for code in range(0xA1, 0x100):
-        char = chr(code)
-        lowered = char.lower()
-        if (not unicodedata.is_normalized("NFKC", char) or unicodedata.category(char)[0] in "PZ"
-                or len(lowered) != 1 or tokenizer.normalizer.normalize_str(char) != lowered):
-            continue
-        probe = f"a{lowered}b"
-        if [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(probe)] == [probe]:
-            kept.append(char)
-    return "".join(kept)
+@dataclass(frozen=True)
+class FastPathCharacters:
+    """The characters beyond ASCII the fast path takes, by what the pre-tokenizer does with their
+    lowercase (which is what each of these strings holds)."""
+
+    word: str  # kept inside a word ("é", "ж", "£", "€")
+    punctuation: str  # a token of its own ("\u2019", "\u2014", "«")
+    whitespace: str  # separates words and is dropped (U+0085, U+2028)
+    taken: str  # the characters themselves, before lowercasing
+
+    def token_pattern(self) -> re.Pattern[str]:
+        """Tokens of a lowercased text made of ASCII and these characters: each punctuation mark
+        alone, and runs of everything that is neither punctuation nor whitespace."""
+        punctuation = _ASCII_PUNCTUATION + re.escape(self.punctuation)
+        return re.compile(rf"[{punctuation}]|[^{_ASCII_WHITESPACE}{re.escape(self.whitespace)}{punctuation}]+")
 
 
-def ascii_fast_path_vocab(tokenizer: Tokenizer) -> tuple[dict[str, int], tuple[str, ...]] | None:
-    """(vocabulary, added tokens' contents) when ``tokenizer`` is the pipeline the ASCII fast path
-    reproduces (training/tokenizer.py's, unk = [UNK]), else None."""
-    config = json.loads(tokenizer.to_str())
+def _pre_tokenizer_class(tokenizer: Tokenizer, char: str) -> str | None:
+    """"word", "punctuation" or "whitespace": what ``tokenizer`` does with ``char`` (its
+    normalizer and pre-tokenizer, between two letters), or None when the fast path cannot
+    reproduce it (NFKC changes it, it is a combining mark, it lowercases to several characters or
+    by context)."""
+    lowered = char.lower()
+    if (len(lowered) != 1 or char in _CONTEXT_LOWERED or unicodedata.category(char) in ("Cn", "Cs", "Co")
+            or unicodedata.combining(char) or not unicodedata.is_normalized("NFKC", char)
+            or tokenizer.normalizer.normalize_str(f"a{char}b") != f"a{lowered}b"):
+        return None
+    probe = f"a{lowered}b"
+    pieces = [piece for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(probe)]
+    if pieces == [probe]:
+        return "word"
+    if pieces == ["a", lowered, "b"]:
+        return "punctuation"
+    if pieces == ["a", "b"]:
+        return "whitespace"
+    return None
+
+
+_CHARACTERS_BY_PIPELINE: dict[str, FastPathCharacters] = {}
+
+
+def fast_path_characters(tokenizer: Tokenizer, config: dict | None = None) -> FastPathCharacters:
+    """The characters of ``FAST_PATH_BLOCKS`` the fast path takes for ``tokenizer`` (``config``: its
+    parsed JSON, when the caller has it), each checked against its own normalizer and pre-tokenizer
+    (~1,000 characters, ~8 ms: computed once per pipeline)."""
+    config = config if config is not None else json.loads(tokenizer.to_str())
+    key = json.dumps([config.get("normalizer"), config.get("pre_tokenizer")], sort_keys=True)
+    if key not in _CHARACTERS_BY_PIPELINE:
+        classes: dict[str, list[str]] = {"word": [], "punctuation": [], "whitespace": []}
+        taken = []
+        for start, end in FAST_PATH_BLOCKS:
+            for code in range(start, end):
+                char = chr(code)
+                kind = _pre_tokenizer_class(tokenizer, char)
+                if kind is not None:
+                    classes[kind].append(char.lower())
+                    taken.append(char)
+        _CHARACTERS_BY_PIPELINE[key] = FastPathCharacters(
+            *("".join(dict.fromkeys(classes[kind])) for kind in ("word", "punctuation", "whitespace")),
+            taken="".join(taken))
+    return _CHARACTERS_BY_PIPELINE[key]
+
+
+def fast_path_vocab(config: dict) -> tuple[dict[str, int], tuple[str, ...]] | None:
+    """(vocabulary, added tokens' contents) when ``config`` (a tokenizer's parsed JSON) is the
+    pipeline the fast path reproduces (training/tokenizer.py's, unk = [UNK]), else None."""
     model = config.get("model") or {}
     if any(config.get(key) != value for key, value in _TRAINED_PIPELINE.items()) or config.get("post_processor"):
         return None
@@ -153,14 +210,16 @@ class TextEncoder:
         self.char_budget = CHARS_PER_TOKEN * max_len
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        fast_path = ascii_fast_path_vocab(tokenizer)
-        self._ascii_vocab, added_tokens = fast_path if fast_path is not None else (None, ())
+        config = json.loads(tokenizer.to_str())
+        fast_path = fast_path_vocab(config)
+        self._fast_path_vocab, added_tokens = fast_path if fast_path is not None else (None, ())
         # lowercased: on the fast path's texts lowercasing maps character to character, so an added
         # token's content is in a text exactly when its lowercase is in the text's lowercase
         self._added_tokens_lowered = tuple(token.lower() for token in added_tokens)
+        characters = fast_path_characters(tokenizer, config) if fast_path else FastPathCharacters("", "", "", "")
+        self._tokens = characters.token_pattern()
         # a non-ASCII text takes the fast path when this finds nothing in it
-        self._outside_fast_path = re.compile(
-            f"[^\\x00-\\x7f{re.escape(latin1_word_characters(tokenizer)) if fast_path else ''}]")
+        self._outside_fast_path = re.compile(f"[^\\x00-\\x7f{re.escape(characters.taken)}]")
 
     @classmethod
     def from_file(cls, path: str | Path, max_len: int) -> "TextEncoder":
@@ -175,14 +234,14 @@ class TextEncoder:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
     @property
-    def has_ascii_fast_path(self) -> bool:
-        return self._ascii_vocab is not None
+    def has_fast_path(self) -> bool:
+        return self._fast_path_vocab is not None
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Untruncated ids per text (no special tokens added), the whole text: unbounded work,
-        so ``encode`` calls it with bounded prefixes only. ASCII texts of a small call take the
-        ASCII fast path (module docstring), the others ``tokenizers``."""
-        vocab = self._ascii_vocab
+        so ``encode`` calls it with bounded prefixes only. Texts of a small call take the fast
+        path where it applies (module docstring), the others ``tokenizers``."""
+        vocab = self._fast_path_vocab
         if vocab is None or sum(len(text) for text in texts) > FAST_PATH_MAX_CHARS:
             return self._tokenizers_ids(texts)
         ids: list[list[int] | None] = []
@@ -200,13 +259,13 @@ class TextEncoder:
         return ids  # type: ignore[return-value]
 
     def fast_path_tokens(self, text: str) -> list[str] | None:
-        """``text``'s tokens by the ASCII fast path, or None where it does not apply (module docstring)."""
-        if self._ascii_vocab is None or not (text.isascii() or self._outside_fast_path.search(text) is None):
+        """``text``'s tokens by the fast path, or None where it does not apply (module docstring)."""
+        if self._fast_path_vocab is None or not (text.isascii() or self._outside_fast_path.search(text) is None):
             return None
         lowered = text.lower()
         if any(token in lowered for token in self._added_tokens_lowered):
             return None
-        return _ASCII_TOKENS.findall(lowered)
+        return self._tokens.findall(lowered)
 
     def _tokenizers_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character
