@@ -1,4 +1,4 @@
-"""Tokenizing one text: the ASCII fast path against a call into ``tokenizers`` (docs/service.md
+"""Tokenizing one text: the fast path against a call into ``tokenizers`` (docs/service.md
 "Bounded work per text"), in-process, on the serving benchmark's texts.
 
     .venv/bin/python bench/bench_tokenize.py --repository models
@@ -8,7 +8,9 @@ Per length (short = 40 tokens, long = 300 tokens, 64 texts each, as bench/bench_
 them): how many texts the fast path takes, then, alternating, ``--calls`` single-text calls of
 ``TextEncoder.token_ids`` (what the server's event loop calls) and of ``tokenizers``'
 ``encode_batch_fast`` (what it called before); medians in µs. The two must give the same ids for
-every text (exit 1 otherwise). Writes bench/results/tokenize.json.
+every text (exit 1 otherwise). Writes bench/results/tokenize.json. Beyond ASCII:
+``--texts-jsonl bench/data/multilingual.jsonl`` (news-like texts in seven languages with
+typographic quotes, dashes and euro amounts; bench/data/make_multilingual.py).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The tokenization benchmark (bench/bench_tokenize.py) runs end to end, puts the ASCII texts on the
-fast path and finds the same ids as tokenizers."""
+"""The tokenization benchmark (bench/bench_tokenize.py) runs end to end, puts the texts (ASCII, Latin,
+Cyrillic, Greek, typographic punctuation) on the fast path and finds the same ids as tokenizers."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ def test_bench_tokenize_reports_both_ways_with_the_same_ids(tmp_path: Path) -> N
     make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=512)
     rng = random.Random(0)
     texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"text": "Costs £5m, café. " + " ".join(rng.choice(WORDS) for _ in range(400))}) + "\n"
+    texts.write_text("".join(json.dumps({"text": "Costs £5m, café — „Börse“ «рынок» αγορά €5. " + " ".join(rng.choice(WORDS) for _ in range(400))}) + "\n"
                              for _ in range(10)), encoding="utf-8")
     output = tmp_path / "tokenize.json"
     run = subprocess.run([sys.executable, "bench/bench_tokenize.py", "--repository", str(tmp_path / "models"),
