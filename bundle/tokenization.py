@@ -261,18 +261,21 @@ class TextEncoder:
 
     def fast_path_tokens(self, text: str) -> list[str] | None:
         """``text``'s tokens by the fast path, or None where it does not apply (module docstring)."""
-        if self._fast_path_vocab is None:
-            return None
-        if text.isascii():
-            pattern = _ASCII_TOKENS  # ASCII classes only: ~15 % faster on long texts than the full ones
-        elif self._outside_fast_path.search(text) is None:
-            pattern = self._tokens
-        else:
+        pattern = self._fast_path_pattern(text)
+        if pattern is None:
             return None
         lowered = text.lower()
         if any(token in lowered for token in self._added_tokens_lowered):
             return None
         return pattern.findall(lowered)
+
+    def _fast_path_pattern(self, text: str) -> re.Pattern[str] | None:
+        """The token pattern for ``text`` when all its characters are the fast path's, else None."""
+        if self._fast_path_vocab is None:
+            return None
+        if text.isascii():
+            return _ASCII_TOKENS  # ASCII classes only: ~15 % faster on long texts than the full ones
+        return self._tokens if self._outside_fast_path.search(text) is None else None
 
     def _tokenizers_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """``encode_batch_fast`` gives the same ids as ``encode_batch`` without computing character
@@ -284,17 +287,21 @@ class TextEncoder:
 
         Rounds: every unfinished text is cut to at most ``limit`` characters, at its last ASCII
         whitespace, or at ``limit`` itself when it has none there, and the prefixes are tokenized
-        together. A text within the budget starts with its whole length as the limit (one round,
-        never more than ``char_budget`` characters); a longer one with ``max_len + 1``, the fewest
-        characters that can hold more than ``max_len`` tokens. A text is finished when it was not
-        cut, when its whitespace-cut prefix holds more than ``max_len`` tokens, when its hard-cut
-        prefix holds more than ``max_len + HARD_CUT_SLACK`` (only the tokens at a hard cut can
-        differ from the full text's), or in the last round (``limit == char_budget``); otherwise
-        the next round's limit is extrapolated from the prefix's characters per token (at least
-        doubling)."""
+        together. In a call the fast path takes (at most ``FAST_PATH_MAX_CHARS`` characters), a text
+        within the budget made of the fast path's characters starts with its whole length as the
+        limit: one round, in Python, at most one token per character (NFKC expands none of them),
+        bounded by the call's size. Any other text starts with ``max_len + 1``, the fewest
+        characters that can hold more than ``max_len`` tokens, so a text NFKC expands, or one of a
+        large call, costs O(``max_len``) whatever it holds. A text is finished when it was not cut,
+        when its whitespace-cut prefix holds more than ``max_len`` tokens, when its hard-cut prefix
+        holds more than ``max_len + HARD_CUT_SLACK`` (only the tokens at a hard cut can differ from
+        the full text's), or in the last round (``limit == char_budget``); otherwise the next
+        round's limit is extrapolated from the prefix's characters per token (at least doubling)."""
         results: list[EncodedText | None] = [None] * len(texts)
         budget, first = self.char_budget, min(self.char_budget, self.max_len + 1)
-        limits = {i: len(text) if len(text) <= budget else first for i, text in enumerate(texts)}
+        small_call = sum(len(text) for text in texts) <= FAST_PATH_MAX_CHARS
+        limits = {i: len(text) if small_call and len(text) <= budget and self._fast_path_pattern(text) else first
+                  for i, text in enumerate(texts)}
         while limits:
             pieces: list[tuple[int, str, int]] = []  # (text index, prefix, tokens it must exceed to finish)
             for i, limit in limits.items():

@@ -261,14 +261,29 @@ def test_short_texts_are_tokenized_once_in_full(tokenizer_json: str) -> None:
     "." * 512,  # the budget exactly, 512 tokens: the most a text within it can cost
 ])
 def test_texts_within_the_budget_are_tokenized_whole_in_one_round(text: str) -> None:
-    """Longer than ``max_len + 1`` characters but within ``char_budget``: one call with the whole
-    text (no first round on a ``max_len + 1``-character prefix), the ids of tokenizing it in full."""
+    """Longer than ``max_len + 1`` characters but within ``char_budget``, on the fast path, alone in
+    its call: one call with the whole text (no first round on a ``max_len + 1``-character prefix),
+    the ids of tokenizing it in full."""
     encoder = CountingEncoder(train_tokenizer(CORPUS, vocab_size=500, min_frequency=1), 64)
     assert encoder.max_len + 1 < len(text) <= encoder.char_budget
     [encoded] = encoder.encode([text])
     assert encoder.calls == [[text]]
     full = encoder.token_ids([text])[0]
     assert encoded.ids.tolist() == full[:64] and encoded.truncated == (len(full) > 64)
+
+
+@pytest.mark.parametrize("texts", [
+    ["\ufdfa" * 500],  # within the budget, but NFKC makes 18 characters and 4 words of each
+    ["The market rallied today, and the MARKET fell again! " * 9] * 64,  # 30,528 characters in all
+], ids=["nfkc-expanding", "large-call"])
+def test_texts_off_the_fast_path_start_from_a_short_prefix(texts: list[str]) -> None:
+    """The whole-text round is only for small calls of the fast path's characters (at most one token
+    a character, bounded by the call's size): a text NFKC expands, or any text of a large call,
+    starts from ``max_len + 1`` characters, so its cost stays O(max_len) whatever it holds."""
+    encoder = CountingEncoder(train_tokenizer(CORPUS, vocab_size=500, min_frequency=1), 64)
+    assert all(len(text) <= encoder.char_budget for text in texts)
+    encoder.encode(texts)
+    assert max(len(piece) for piece in encoder.calls[0]) <= encoder.max_len + 1
 
 
 def test_long_text_needs_at_most_two_rounds_when_words_are_ordinary() -> None:
