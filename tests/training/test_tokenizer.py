@@ -19,6 +19,8 @@ CORPUS = [
     "Рынок вырос сегодня. рынок",
     "Η αγορά έπεσε. αγορά",
     "ΟΔΟΣ",  # "οδοσ": tokenizers lowercase a final capital sigma without its context, str.lower() does not
+    "השוק עלה היום. השוק",
+    "السوق ارتفع اليوم، السوق",
     "市场 今天 上涨 市场",
     "goal 🎉 goal 🎉",
     "file file",
@@ -100,7 +102,7 @@ class TokenizersCalls(TextEncoder):
 # combining marks, CJK, an emoji, known words in any case and script
 _FAST_ALPHABET = ([chr(c) for c in range(0x80)] + [chr(c) for start, end in FAST_PATH_BLOCKS for c in range(start, end)]
                   + ["\u0301", "\u0306", "\u0308", "市", "🎉", "market", "MARKET", "Market", "file", "rallied", "today",
-                     "again", "café", "CAFÉ", "£5m", "Рынок", "РЫНОК", "вырос", "αγορά", "ΑΓΟΡΆ", "ΑΣ", "ΟΔΟΣ", "й", "и"])
+                     "again", "café", "CAFÉ", "£5m", "Рынок", "РЫНОК", "вырос", "αγορά", "ΑΓΟΡΆ", "ΑΣ", "ΟΔΟΣ", "й", "и", "השוק", "שָׁלוֹם", "السوق", "مُحَمَّد"])
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -108,6 +110,7 @@ _FAST_ALPHABET = ([chr(c) for c in range(0x80)] + [chr(c) for start, end in FAST
 @example(parts=["market", "_", "file", "\x1c", "today", "\x0b", "again", "\x7f", "`", "\x00"])
 @example(parts=["E", "\u0301", " ", "CAFÉ", "\u00a0", "£5m", "\u00b5", "«", "\u00ad", "ß", "ª"])
 @example(parts=["\u201c", "Рынок", "\u2019", "\u2014", "αγορά", "\u2028", "\x85", "€", "\u2026", "ΑΣ", " ", "и", "\u0306"])
+@example(parts=["השוק", " ", "שָׁלוֹם", "،", "السوق", "؟", "مُحَمَّد", "ΟΔΟΣ", " ", "ა"])
 def test_fast_path_gives_the_ids_of_tokenizers(encoder: TextEncoder, parts: list[str]) -> None:
     text = "".join(parts)
     counting = TokenizersCalls(encoder.tokenizer, max_len=4)
@@ -123,13 +126,16 @@ def test_fast_path_gives_the_ids_of_tokenizers(encoder: TextEncoder, parts: list
 
 def test_fast_path_characters_are_those_the_tokenizer_treats_alike(encoder: TextEncoder) -> None:
     characters = fast_path_characters(encoder.tokenizer)
-    assert {"£", "é", "ß", "ÿ", "©", "ł", "ж", "λ", "ά", "€"} <= set(characters.word)
+    assert {"£", "é", "ß", "ÿ", "©", "ł", "ж", "λ", "ά", "ա", "ש", "ب", "ა", "€"} <= set(characters.word)
     assert {"É", "Ł", "Ж", "Λ"} <= set(characters.taken) and not {"É", "Ж"} & set(characters.word)  # lowercased
-    assert {"«", "»", "¿", "·", "\u2018", "\u2019", "\u201c", "\u201d", "\u2013", "\u2014"} <= set(characters.punctuation)
+    assert {"«", "»", "¿", "·", "\u2018", "\u2019", "\u201c", "\u201d", "\u2013", "\u2014", "،", "؟", "։"} <= set(
+        characters.punctuation)
     assert set(characters.whitespace) == {"\x85", "\u2028", "\u2029"}
     # NFKC changes them (NBSP -> space, µ -> μ, ª -> a, ½ -> 1⁄2, … -> ..., U+2002 -> space), they
-    # lowercase by context (capital sigma) or to two characters (İ), or they combine with neighbours
-    assert not set(characters.taken) & {"\u00a0", "µ", "ª", "½", "¨", "\u2026", "\u2002", "\u03a3", "\u0130", "\u0483"}
+    # lowercase by context (capital sigma) or to two characters (İ), or they are combining marks
+    # (Hebrew points, Arabic harakat) or NFKC changes them (U+0675)
+    assert not set(characters.taken) & {"\u00a0", "µ", "ª", "½", "¨", "\u2026", "\u2002", "\u03a3", "\u0130", "\u0483",
+                                        "\u05b8", "\u064e", "\u0675"}
 
 
 def test_no_two_fast_path_characters_combine_under_nfkc(encoder: TextEncoder) -> None:
