@@ -59,16 +59,23 @@ LINES_PER_LANGUAGE = 12
 SENTENCES_PER_LINE = 48
 
 
-def main() -> None:
+OUTPUT = Path(__file__).with_name("multilingual.jsonl")
+
+
+def jsonl() -> str:
+    """The file's content: the same on every run (seeded)."""
     rng = random.Random(0)
     lines = []
     for language, sentences in SENTENCES.items():
         for _ in range(LINES_PER_LANGUAGE):
             text = " ".join(rng.choice(sentences) for _ in range(SENTENCES_PER_LINE))
             lines.append(json.dumps({"language": language, "text": text}, ensure_ascii=False))
-    out = Path(__file__).with_name("multilingual.jsonl")
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"wrote {out} ({len(lines)} texts)")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    OUTPUT.write_text(jsonl(), encoding="utf-8")
+    print(f"wrote {OUTPUT}")
 
 
 if __name__ == "__main__":

@@ -30,3 +30,13 @@ def test_bench_tokenize_reports_both_ways_with_the_same_ids(tmp_path: Path) -> N
     for cell in cells:
         assert cell["differing_ids"] == 0 and cell["fast_path_texts"] == cell["texts"] == 8
         assert cell["fast_path_us"] > 0 and cell["tokenizers_us"] > 0
+
+
+def test_the_multilingual_texts_are_what_their_script_writes() -> None:
+    """bench/data/multilingual.jsonl is committed with the script that writes it: the two agree."""
+    sys.path.insert(0, str(ROOT / "bench" / "data"))
+    try:
+        import make_multilingual
+    finally:
+        sys.path.remove(str(ROOT / "bench" / "data"))
+    assert make_multilingual.OUTPUT.read_text(encoding="utf-8") == make_multilingual.jsonl()
