@@ -28,11 +28,13 @@ Georgian, General Punctuation, currency signs) that NFKC leaves alone and that l
 sigma): ``fast_path_characters`` checks each one against the bundle's own normalizer and
 pre-tokenizer when the encoder is built ("é", "ж", "ש", "€" inside words; curly quotes, dashes, "«",
 "،" as punctuation; U+2028 as whitespace). None of them is a combining mark or combines with its
-neighbours under NFKC (tested for every pair), so a text of them is NFKC-normalized as a whole.
+neighbours under NFKC (tested for every pair), so a text of them is NFKC-normalized as a whole. The
+characters of those blocks that NFKC replaces by one to three such characters, whatever surrounds
+them (NBSP -> space, "…" -> "...", "µ" -> "μ", "½" -> "1⁄2"), are replaced first (``str.translate``).
 ``token_ids`` computes those in Python for small calls (at most ``FAST_PATH_MAX_CHARS`` characters:
 what the server tokenizes on its event loop), 4-5x faster than a call into ``tokenizers`` for one
-text, with the same ids (tests/training/test_tokenizer.py); any other text ("…", NBSP, CJK, emoji,
-combining marks such as Hebrew points or Arabic harakat), one holding an added token's content (``[PAD]``, ``[UNK]``), any other tokenizer
+text, with the same ids (tests/training/test_tokenizer.py); any other text (CJK, emoji, ligatures
+and fullwidth forms, combining marks such as Hebrew points or Arabic harakat), one holding an added token's content (``[PAD]``, ``[UNK]``), any other tokenizer
 and larger calls (which ``tokenizers`` runs without the GIL) go to ``tokenizers``.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +89,15 @@ _TRAINED_PIPELINE = {
 @dataclass(frozen=True)
 class FastPathCharacters:
     """The characters beyond ASCII the fast path takes, by what the pre-tokenizer does with their
-    lowercase (which is what each of these strings holds)."""
+    lowercase (which is what each of these strings holds), and those it replaces first."""
 
     word: str  # kept inside a word ("é", "ж", "£", "€")
     punctuation: str  # a token of its own ("\u2019", "\u2014", "«")
     whitespace: str  # separates words and is dropped (U+0085, U+2028)
     taken: str  # the characters themselves, before lowercasing
+    # characters NFKC replaces by one to three ASCII or taken ones, whatever surrounds them: NBSP ->
+    # space, "…" -> "...", "µ" -> "μ", "ª" -> "a"
+    replaced: dict[str, str] = field(default_factory=dict)
 
     def token_pattern(self) -> re.Pattern[str]:
         """Tokens of a lowercased text made of ASCII and these characters: each punctuation mark
@@ -125,6 +130,20 @@ def _pre_tokenizer_class(tokenizer: Tokenizer, char: str) -> str | None:
 _CHARACTERS_BY_PIPELINE: dict[str, FastPathCharacters] = {}
 
 
+def _nfkc_replacement(tokenizer: Tokenizer, char: str, allowed: set[str]) -> str | None:
+    """What NFKC makes of ``char`` when that is one to three characters of ``allowed`` (ASCII and the
+    taken ones) and ``tokenizer``'s normalizer agrees between two letters; else None (also for a
+    character NFKC leaves alone or a combining mark)."""
+    if unicodedata.category(char) in ("Cn", "Cs", "Co") or unicodedata.combining(char):
+        return None
+    replacement = unicodedata.normalize("NFKC", char)
+    if replacement == char or not 1 <= len(replacement) <= 3 or not set(replacement) <= allowed:
+        return None
+    if tokenizer.normalizer.normalize_str(f"a{char}b") != f"a{replacement.lower()}b":
+        return None
+    return replacement
+
+
 def fast_path_characters(tokenizer: Tokenizer, config: dict | None = None) -> FastPathCharacters:
     """The characters of ``FAST_PATH_BLOCKS`` the fast path takes for ``tokenizer`` (``config``: its
     parsed JSON, when the caller has it), each checked against its own normalizer and pre-tokenizer
@@ -141,9 +160,16 @@ def fast_path_characters(tokenizer: Tokenizer, config: dict | None = None) -> Fa
                 if kind is not None:
                     classes[kind].append(char.lower())
                     taken.append(char)
+        allowed = {chr(code) for code in range(0x80)} | set(taken)
+        replaced = {}
+        for start, end in FAST_PATH_BLOCKS:
+            for code in range(start, end):
+                replacement = _nfkc_replacement(tokenizer, chr(code), allowed)
+                if replacement is not None:
+                    replaced[chr(code)] = replacement
         _CHARACTERS_BY_PIPELINE[key] = FastPathCharacters(
             *("".join(dict.fromkeys(classes[kind])) for kind in ("word", "punctuation", "whitespace")),
-            taken="".join(taken))
+            taken="".join(taken), replaced=replaced)
     return _CHARACTERS_BY_PIPELINE[key]
 
 
@@ -220,8 +246,11 @@ class TextEncoder:
         self._added_tokens_lowered = tuple(token.lower() for token in added_tokens)
         characters = fast_path_characters(tokenizer, config) if fast_path else FastPathCharacters("", "", "", "")
         self._tokens = characters.token_pattern()
+        replaced = "".join(characters.replaced)
         # a non-ASCII text takes the fast path when this finds nothing in it
-        self._outside_fast_path = re.compile(f"[^\\x00-\\x7f{re.escape(characters.taken)}]")
+        self._outside_fast_path = re.compile(f"[^\\x00-\\x7f{re.escape(characters.taken + replaced)}]")
+        self._replaced = re.compile(f"[{re.escape(replaced)}]") if replaced else None
+        self._replacements = str.maketrans(characters.replaced)
 
     @classmethod
     def from_file(cls, path: str | Path, max_len: int) -> "TextEncoder":
@@ -266,6 +295,10 @@ class TextEncoder:
         if pattern is None:
             return None
         lowered = text.lower()
+        if pattern is not _ASCII_TOKENS and self._replaced is not None and self._replaced.search(text):
+            if any(token in lowered for token in self._added_tokens_lowered):  # as written, before NFKC
+                return None
+            lowered = text.translate(self._replacements).lower()  # NFKC of these characters, then lowercase
         if any(token in lowered for token in self._added_tokens_lowered):
             return None
         return pattern.findall(lowered)
@@ -290,7 +323,7 @@ class TextEncoder:
         whitespace, or at ``limit`` itself when it has none there, and the prefixes are tokenized
         together. In a call the fast path takes (at most ``FAST_PATH_MAX_CHARS`` characters), a text
         within the budget made of the fast path's characters starts with its whole length as the
-        limit: one round, in Python, at most one token per character (NFKC expands none of them),
+        limit: one round, in Python, at most three tokens per character (what NFKC makes of "…"),
         bounded by the call's size. Any other text starts with ``max_len + 1``, the fewest
         characters that can hold more than ``max_len`` tokens, so a text NFKC expands, or one of a
         large call, costs O(``max_len``) whatever it holds. A text is finished when it was not cut,

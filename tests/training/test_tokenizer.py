@@ -117,11 +117,12 @@ def test_fast_path_gives_the_ids_of_tokenizers(encoder: TextEncoder, parts: list
     assert counting.has_fast_path
     ids = counting.token_ids([text, "the market"])
     assert ids == _tokenizers_ids(encoder, [text, "the market"])
-    taken = set(fast_path_characters(encoder.tokenizer).taken)
+    characters = fast_path_characters(encoder.tokenizer)
+    taken = set(characters.taken) | set(characters.replaced)
     if "[PAD]" not in text.upper() and "[UNK]" not in text.upper() and all(c.isascii() or c in taken for c in text):
         assert counting.sent == []  # computed in Python, not by tokenizers
-    elif any(c in text for c in "\u0301\u0306\u0308\u00a0\u2026\u03a3\u0130市🎉"):
-        assert counting.sent == [text]  # NFKC or lowercasing would change it, or outside the blocks: tokenizers
+    elif any(c in text for c in "\u0301\u0306\u0308\u03a3\u0130市🎉"):
+        assert counting.sent == [text]  # a combining mark, lowercasing by context, outside the blocks: tokenizers
 
 
 def test_fast_path_characters_are_those_the_tokenizer_treats_alike(encoder: TextEncoder) -> None:
@@ -131,27 +132,42 @@ def test_fast_path_characters_are_those_the_tokenizer_treats_alike(encoder: Text
     assert {"«", "»", "¿", "·", "\u2018", "\u2019", "\u201c", "\u201d", "\u2013", "\u2014", "،", "؟", "։"} <= set(
         characters.punctuation)
     assert set(characters.whitespace) == {"\x85", "\u2028", "\u2029"}
-    # NFKC changes them (NBSP -> space, µ -> μ, ª -> a, ½ -> 1⁄2, … -> ..., U+2002 -> space), they
-    # lowercase by context (capital sigma) or to two characters (İ), or they are combining marks
-    # (Hebrew points, Arabic harakat) or NFKC changes them (U+0675)
+    # NFKC changes them (NBSP -> space, µ -> μ, ª -> a, ½ -> 1⁄2, … -> ..., U+2002 -> space, U+0675 -> two
+    # Arabic letters), they lowercase by context (capital sigma) or to two characters (İ), or they are
+    # combining marks (Hebrew points, Arabic harakat)
     assert not set(characters.taken) & {"\u00a0", "µ", "ª", "½", "¨", "\u2026", "\u2002", "\u03a3", "\u0130", "\u0483",
                                         "\u05b8", "\u064e", "\u0675"}
+
+
+def test_fast_path_characters_replaced_by_nfkc_are_replaced_whatever_surrounds_them(encoder: TextEncoder) -> None:
+    characters = fast_path_characters(encoder.tokenizer)
+    assert {"\u00a0": " ", "\u202f": " ", "\u2026": "...", "µ": "μ", "ª": "a", "½": "1\u20442", "ǆ": "dž"}.items() \
+        <= characters.replaced.items()
+    # NFKC leaves them alone (İ: lowercasing makes two characters), makes more than three characters of
+    # them (U+2057: four primes), or they are combining marks: not replaced
+    assert not {"\u0130", "\u2057", "\u0301", "\u05b8"} & set(characters.replaced)
 
 
 def test_no_two_fast_path_characters_combine_under_nfkc(encoder: TextEncoder) -> None:
     """What lets the fast path skip NFKC on a whole text: every character it takes is NFKC-normalized
     alone (checked when the encoder is built) and next to any other (no combining mark, no
-    composition), so a text of them is NFKC-normalized as it is."""
-    characters = [chr(c) for c in range(0x80)] + list(fast_path_characters(encoder.tokenizer).taken)
-    assert [a + b for a in characters for b in characters if not unicodedata.is_normalized("NFKC", a + b)] == []
+    composition), and NFKC makes of a replaced character what the fast path replaces it by whatever
+    surrounds it, so NFKC of a text of them is the text with the replacements made."""
+    characters = fast_path_characters(encoder.tokenizer)
+    plain = [chr(c) for c in range(0x80)] + list(characters.taken)
+    assert [a + b for a in plain for b in plain if not unicodedata.is_normalized("NFKC", a + b)] == []
+    replaced = characters.replaced
+    pairs = [(a, b) for a in replaced for b in plain + list(replaced)] + [(a, b) for a in plain for b in replaced]
+    assert [a + b for a, b in pairs
+            if unicodedata.normalize("NFKC", a + b) != replaced.get(a, a) + replaced.get(b, b)] == []
 
 
 def test_texts_the_fast_path_does_not_reproduce_go_to_tokenizers(encoder: TextEncoder) -> None:
     counting = TokenizersCalls(encoder.tokenizer, max_len=4)
-    texts = ["the market [UNK] fell", "[PAD]market", "[unk] rallied", "MARKET\u00a0fell", "cafe\u0301", "ΑΣ",
-             "market", "£5m café", "Рынок «вырос» — €5"]
+    texts = ["the market [UNK] fell", "[PAD]market", "[unk] rallied", "\ufb01le", "cafe\u0301", "ΑΣ",
+             "market", "£5m café", "Рынок «вырос» — €5", "marché\u00a0: 7\u00a0412…"]
     assert counting.token_ids(texts) == _tokenizers_ids(encoder, texts)
-    # added tokens' contents (either case), a character NFKC changes, a composition, capital sigma
+    # added tokens' contents (either case), a ligature outside the blocks, a composition, capital sigma
     assert counting.sent == texts[:6]
     big = ["market " * (FAST_PATH_MAX_CHARS // 7 + 1)]  # a call over the fast path's size: tokenizers, without the GIL
     counting.sent.clear()
