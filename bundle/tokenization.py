@@ -106,14 +106,20 @@ class FastPathCharacters:
         return re.compile(rf"[{punctuation}]|[^{_ASCII_WHITESPACE}{re.escape(self.whitespace)}{punctuation}]+")
 
 
+def _unassigned_or_combining(char: str) -> bool:
+    """Never on the fast path: unassigned, surrogate or private-use, or a combining mark (NFKC
+    reorders and composes those with their neighbours)."""
+    return unicodedata.category(char) in ("Cn", "Cs", "Co") or unicodedata.combining(char) != 0
+
+
 def _pre_tokenizer_class(tokenizer: Tokenizer, char: str) -> str | None:
     """"word", "punctuation" or "whitespace": what ``tokenizer`` does with ``char`` (its
     normalizer and pre-tokenizer, between two letters), or None when the fast path cannot
     reproduce it (NFKC changes it, it is a combining mark, it lowercases to several characters or
     by context)."""
     lowered = char.lower()
-    if (len(lowered) != 1 or char in _CONTEXT_LOWERED or unicodedata.category(char) in ("Cn", "Cs", "Co")
-            or unicodedata.combining(char) or not unicodedata.is_normalized("NFKC", char)
+    if (len(lowered) != 1 or char in _CONTEXT_LOWERED or _unassigned_or_combining(char)
+            or not unicodedata.is_normalized("NFKC", char)
             or tokenizer.normalizer.normalize_str(f"a{char}b") != f"a{lowered}b"):
         return None
     probe = f"a{lowered}b"
@@ -134,7 +140,7 @@ def _nfkc_replacement(tokenizer: Tokenizer, char: str, allowed: set[str]) -> str
     """What NFKC makes of ``char`` when that is one to three characters of ``allowed`` (ASCII and the
     taken ones) and ``tokenizer``'s normalizer agrees between two letters; else None (also for a
     character NFKC leaves alone or a combining mark)."""
-    if unicodedata.category(char) in ("Cn", "Cs", "Co") or unicodedata.combining(char):
+    if _unassigned_or_combining(char):
         return None
     replacement = unicodedata.normalize("NFKC", char)
     if replacement == char or not 1 <= len(replacement) <= 3 or not set(replacement) <= allowed:

@@ -12,8 +12,9 @@ threads chosen as ``python -m service`` does, the same channel options, and per 
 duration histogram and text counter the product observes. What it lacks: everything else (admission
 limits, deadlines, the request-bytes budget, statistics, tracing, drain, hot reload, streams).
 
-The combining batcher: a handler thread tokenizes its own texts (the GIL is released inside
-``tokenizers``), then joins the queue. When no batch is computing, it becomes the leader and
+The combining batcher: a handler thread tokenizes its own texts (with the GIL released inside
+``tokenizers``, or held on the product's Python fast path for small calls, which came after the one
+measured run), then joins the queue. When no batch is computing, it becomes the leader and
 computes at once (a lone call: no thread hand-off at all). Otherwise it waits; when the leader's
 batch ends, the leader answers its batch and hands the lead to the oldest waiting call, which
 computes everything queued by then (up to ``max_batch_size`` texts) as one batch.
