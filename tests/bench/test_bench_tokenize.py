@@ -25,11 +25,19 @@ def test_bench_tokenize_reports_both_ways_with_the_same_ids(tmp_path: Path) -> N
                           "--texts-jsonl", str(texts), "--num-texts", "8", "--calls", "50", "--output", str(output)],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    cells = json.loads(output.read_text())["cells"]
+    report = json.loads(output.read_text())
+    cells = report["cells"]
     assert [c["length"] for c in cells] == ["short", "long"]
     for cell in cells:
         assert cell["differing_ids"] == 0 and cell["fast_path_texts"] == cell["texts"] == 8
-        assert cell["fast_path_us"] > 0 and cell["tokenizers_us"] > 0
+        assert cell["fast_path_us"] > 0 and cell["tokenizers_us"] > 0 and cell["encode_us"] > 0
+    assert report["corpus_check"] == {"texts": 10, "prefixes": 30, "fast_path": 30, "differing_ids": 0}
+    assert report["fast_path_characters"]["taken"] > 1000 and report["fast_path_characters"]["replaced"] > 50
+    hostile = report["hostile"]
+    assert {(c["unit"], c["texts"], c["chars"]) for c in hostile} == {
+        (unit, texts, chars) for unit in ("nfkc-18x", "dots", "ellipsis", "a-space", "no-space")
+        for texts, chars in ((1, 2048), (64, 3072), (64, 65536))}
+    assert all(c["encode_ms"] > 0 for c in hostile)
 
 
 def test_the_multilingual_texts_are_what_their_script_writes() -> None:
