@@ -38,8 +38,9 @@ scheduler task that forms batches:
   admitted, tokenized and computed right there on the event loop as a batch of its own: no
   scheduler task wake-up, no thread hand-off (docs/benchmarks.md "The request path"). Admission,
   the deadline check before compute and the metrics are the same as on the queued path. Under
-  concurrency requests take the queued path, so the event loop keeps serving calls while the
-  inference pool computes.
+  concurrency requests take the queued path, so the event loop keeps serving calls while
+  onnxruntime computes the batch on its own thread (``InferencePool.run_batch``: no Python thread
+  has to take the GIL from the event loop before the batch can start).
 
 ``DirectScheduler`` (batching off) runs every request alone (its own texts form one batch), with
 the same admission bounds (its texts are tokenized in the job, so they count ``max_len`` tokens
@@ -60,6 +61,7 @@ import numpy as np
 
 from bundle.tokenization import EncodedText
 from service.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from service.inference_pool import InferencePool
 from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
 from service.tracing import StageTimes
@@ -176,10 +178,10 @@ def _deadline_error() -> DeadlineExceeded:
 
 
 class _Base:
-    def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+    def __init__(self, runtime: ModelRuntime, pool: InferencePool, metrics: ServiceMetrics,
                  model: str, version: int, *, max_queue_size: int, max_queue_tokens: int) -> None:
         self.runtime = runtime
-        self.executor = executor
+        self.pool = pool
         self.metrics = metrics
         self.model, self.version = model, str(version)
         self.max_queue_size = max_queue_size
@@ -223,7 +225,8 @@ class _Base:
             raise ResourceExhausted(
                 f"model {self.model} queue is full ({waiting} texts waiting, limit {self.max_queue_size}); retry later")
 
-    async def _admit_and_tokenize(self, texts: Sequence[str], waiting: int, pool: TokenizerPool) -> list[EncodedText]:
+    async def _admit_and_tokenize(self, texts: Sequence[str], waiting: int,
+                                  tokenizers: TokenizerPool) -> list[EncodedText]:
         """Admit ``texts`` (they count against ``max_queue_size`` from now on), then tokenize them
         with this version's tokenizer. A caller cancelled while its texts are in the tokenizer
         pool leaves their slots taken until that work ends (a thread cannot be stopped)."""
@@ -236,27 +239,27 @@ class _Base:
         reserved = self._upper_bound_tokens(count)
         self._admit_tokens(count, reserved)
         try:
-            pool.reserve(count)
+            tokenizers.reserve(count)
         except ResourceExhausted:
             self._tokens -= reserved
             self.metrics.rejected.labels(self.model, self.version).inc(count)
             raise
         self._tokenizing += count
-        work = asyncio.get_running_loop().run_in_executor(pool.executor, self.runtime.encode, texts)
+        work = asyncio.get_running_loop().run_in_executor(tokenizers.executor, self.runtime.encode, texts)
         try:
             encoded = await asyncio.shield(work)
         except asyncio.CancelledError:
-            work.add_done_callback(lambda done: self._tokenized(pool, count, reserved, done))
+            work.add_done_callback(lambda done: self._tokenized(tokenizers, count, reserved, done))
             raise
         except BaseException:
-            self._tokenized(pool, count, reserved)
+            self._tokenized(tokenizers, count, reserved)
             raise
-        self._tokenized(pool, count, reserved)
+        self._tokenized(tokenizers, count, reserved)
         self._tokens += _cost(encoded)  # the exact cost replaces the reservation, queued right away
         return encoded
 
-    def _tokenized(self, pool: TokenizerPool, count: int, reserved: int, work: asyncio.Future | None = None) -> None:
-        pool.release(count)
+    def _tokenized(self, tokenizers: TokenizerPool, count: int, reserved: int, work: asyncio.Future | None = None) -> None:
+        tokenizers.release(count)
         self._tokenizing -= count
         self._tokens -= reserved
         if work is not None and not work.cancelled():
@@ -284,10 +287,10 @@ class _Base:
 
 
 class DynamicBatcher(_Base):
-    def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+    def __init__(self, runtime: ModelRuntime, pool: InferencePool, metrics: ServiceMetrics,
                  model: str, version: int, *, max_batch_size: int, max_queue_delay: float, max_queue_size: int,
                  max_queue_tokens: int, length_bucket_ratio: float, max_batch_tokens: int = 0) -> None:
-        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size,
+        super().__init__(runtime, pool, metrics, model, version, max_queue_size=max_queue_size,
                          max_queue_tokens=max_queue_tokens)
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
@@ -297,7 +300,7 @@ class DynamicBatcher(_Base):
         self._owed_fifo = False  # the last batch was anchored by the fairness order: the oldest text is next
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
-        self._computing = False  # a batch is in the inference pool
+        self._computing = False  # a batch is computing (InferencePool.run_batch)
 
     @property
     def queue_depth(self) -> int:
@@ -502,11 +505,10 @@ class DynamicBatcher(_Base):
         return sorted(self._pending, key=lambda item: item.request.served)
 
     async def _compute(self, batch: list[_Item]) -> None:
-        loop = asyncio.get_running_loop()
         start = time.perf_counter()
         self._computing = True
         try:
-            probabilities = await loop.run_in_executor(self.executor, self.runtime.run, [i.ids for i in batch])
+            probabilities = await self.pool.run_batch(self.runtime, [i.ids for i in batch])
         except Exception:
             logger.exception("inference failed for model %s version %s (batch of %d)", self.model, self.version,
                              len(batch))
@@ -528,9 +530,9 @@ class DynamicBatcher(_Base):
 class DirectScheduler(_Base):
     """Batching off: each request's texts run as their own onnxruntime call."""
 
-    def __init__(self, runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+    def __init__(self, runtime: ModelRuntime, pool: InferencePool, metrics: ServiceMetrics,
                  model: str, version: int, *, max_queue_size: int, max_queue_tokens: int) -> None:
-        super().__init__(runtime, executor, metrics, model, version, max_queue_size=max_queue_size,
+        super().__init__(runtime, pool, metrics, model, version, max_queue_size=max_queue_size,
                          max_queue_tokens=max_queue_tokens)
         self._in_flight = 0
         self._idle = asyncio.Event()
@@ -545,7 +547,7 @@ class DirectScheduler(_Base):
 
     async def submit(self, texts: Sequence[str], deadline: float | None, tokenizer_pool: TokenizerPool,
                      stages: StageTimes | None = None, alone: bool = False) -> tuple[np.ndarray, list[EncodedText]]:
-        """Admitted, then tokenized and computed in one job on the inference pool (a request runs
+        """Admitted, then tokenized and computed in one job on the inference thread pool (a request runs
         alone, so tokenizing it elsewhere would only add a thread hand-off)."""
         self._admit(self._in_flight, len(texts))
         tokens = self._upper_bound_tokens(len(texts))  # tokenized in the job: counted at max_len
@@ -580,7 +582,7 @@ class DirectScheduler(_Base):
 
         loop = asyncio.get_running_loop()
         try:
-            work = self.executor.submit(job)
+            work = self.pool.executor.submit(job)
         except BaseException:
             self._track(-len(texts), -tokens)
             raise
@@ -616,12 +618,12 @@ class DirectScheduler(_Base):
         await self._idle.wait()
 
 
-def make_scheduler(runtime: ModelRuntime, executor: concurrent.futures.Executor, metrics: ServiceMetrics,
+def make_scheduler(runtime: ModelRuntime, pool: InferencePool, metrics: ServiceMetrics,
                    model: str, version: int, settings: "Settings") -> Scheduler:
     if not settings.batching:
-        return DirectScheduler(runtime, executor, metrics, model, version, max_queue_size=settings.max_queue_size,
+        return DirectScheduler(runtime, pool, metrics, model, version, max_queue_size=settings.max_queue_size,
                                max_queue_tokens=settings.max_queue_tokens)
-    return DynamicBatcher(runtime, executor, metrics, model, version, max_batch_size=settings.max_batch_size,
+    return DynamicBatcher(runtime, pool, metrics, model, version, max_batch_size=settings.max_batch_size,
                           max_queue_delay=settings.max_queue_delay, max_queue_size=settings.max_queue_size,
                           max_queue_tokens=settings.max_queue_tokens, length_bucket_ratio=settings.length_bucket_ratio,
                           max_batch_tokens=settings.max_batch_tokens)

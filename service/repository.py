@@ -11,7 +11,6 @@ bundle is not retried until its files change (or an explicit load asks for it). 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from bundle.card import BUNDLE_FILES
 from bundle.store import BundleError, list_models, list_versions, validate_model_name, verify_bundle
 from service.batching import make_scheduler
 from service.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from service.inference_pool import InferencePool
 from service.metrics import ServiceMetrics
 from service.runtime import ModelRuntime
 from service.settings import Settings
@@ -72,12 +72,12 @@ def _signature(path: Path) -> Signature:
 
 
 class ModelRepository:
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, executor: concurrent.futures.Executor,
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, inference: InferencePool,
                  providers: list[str]) -> None:
         self.settings = settings
         self.root = Path(settings.model_repository)
         self.metrics = metrics
-        self.executor = executor
+        self.inference = inference
         self.providers = providers
         self._models: MappingProxyType[str, MappingProxyType[int, LoadedModel]] = MappingProxyType({})
         self._states: dict[tuple[str, int], ModelState] = {}
@@ -254,7 +254,7 @@ class ModelRepository:
             self._states[(name, version)] = ModelState(name, version, "UNAVAILABLE", refusal.public)
             self._emit(RepositoryEvent("refused", name, version, refusal.detail))
             raise
-        scheduler = make_scheduler(runtime, self.executor, self.metrics, name, version, self.settings)
+        scheduler = make_scheduler(runtime, self.inference, self.metrics, name, version, self.settings)
         scheduler.start()
         self.metrics.model_loads.labels(name, str(version)).inc()
         self._states[(name, version)] = ModelState(name, version, "READY")
@@ -290,7 +290,8 @@ class ModelRepository:
         s = self.settings
         try:
             runtime = ModelRuntime.load(path, card, providers=self.providers, intra_op_threads=s.intra_op_threads,
-                                        inter_op_threads=s.inter_op_threads, spinning=s.intra_op_spinning)
+                                        inter_op_threads=s.inter_op_threads, spinning=s.intra_op_spinning,
+                                        batching=s.batching)
         except Exception as exc:  # onnxruntime/tokenizers raise many types for a bad file
             raise Refused("load", f"cannot load in onnxruntime: {type(exc).__name__}: {str(exc)[:300]}",
                           _GENERIC["load"]) from None

@@ -9,7 +9,6 @@ textclf.v1 and KServe v2 APIs). Every registered name is listed by reflection.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import ssl
 import time
@@ -24,6 +23,7 @@ from service.api import kserve, textclf_v1
 from service.api.descriptors import reflection_pool
 from service.call_limit import ConcurrentCallLimit
 from service.core import InferenceCore
+from service.inference_pool import InferencePool
 from service.intake import CallIntake
 from service.memory import MemoryTrimmer
 from service.metrics import ServiceMetrics
@@ -82,13 +82,13 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 class App:
     """The running service: settings, metrics, repository, core, health and the gRPC server."""
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, executor: concurrent.futures.Executor,
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, inference: InferencePool,
                  repository: ModelRepository, core: InferenceCore, health_servicer: health.aio.HealthServicer,
                  server: grpc.aio.Server, port: int, service_names: list[str], intake: CallIntake,
                  call_limit: ConcurrentCallLimit | None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.executor = executor
+        self.inference = inference
         self.repository = repository
         self.core = core
         self.health = health_servicer
@@ -144,7 +144,7 @@ class App:
             await self.rest.close()
         await self.repository.close()
         self.core.close()
-        self.executor.shutdown(wait=True)
+        self.inference.shutdown()
         self.memory_trimmer.stop()
         self.metrics.stop()
         if self.core.tracer is not None:
@@ -202,8 +202,8 @@ async def create_app(settings: Settings, *, reuse_port: bool = False, span_expor
                        "set tls_cert/tls_key or bind host to a loopback/private address")
     providers = resolve_providers(settings.providers)
     metrics = ServiceMetrics()
-    executor = concurrent.futures.ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="inference")
-    repository = ModelRepository(settings, metrics, executor, providers)
+    inference = InferencePool(settings.inference_workers)
+    repository = ModelRepository(settings, metrics, inference, providers)
     await repository.load_all()
     core = InferenceCore(settings, repository, metrics)
     core.tracer = build_tracer(settings, span_exporter)  # None when tracing is off
@@ -226,7 +226,7 @@ async def create_app(settings: Settings, *, reuse_port: bool = False, span_expor
     if port == 0:
         raise OSError(f"cannot bind gRPC port {address}")
     logger.info("models loaded: %s", ", ".join(f"{m.name}/{m.version}" for m in repository.loaded()) or "none")
-    app = App(settings, metrics, executor, repository, core, health_servicer, server, port, service_names, intake,
+    app = App(settings, metrics, inference, repository, core, health_servicer, server, port, service_names, intake,
               call_limit)
     if settings.rest_port >= 0:  # KServe v2 over HTTP/REST (docs/rest.md); imported only when on
         from service.api.rest import build_server

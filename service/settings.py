@@ -106,7 +106,8 @@ class Settings(BaseSettings):
     inter_op_threads: int = _opt(0, "onnxruntime inter-op threads per session (0 = onnxruntime default)")
     intra_op_spinning: bool = _opt(False, "let idle onnxruntime intra-op threads spin-wait for work (burns CPU the "
                                           "gRPC event loop needs; on only for dedicated inference cores)")
-    inference_workers: int = _opt(1, "worker threads running onnxruntime (shared by all models)")
+    inference_workers: int = _opt(1, "onnxruntime batches computing at once, shared by all models (with batching off: "
+                                     "the threads running requests)")
     # Batching
     batching: bool = _opt(True, "dynamic batching across concurrent requests (off = each request runs alone)")
     max_batch_size: int = _opt(64, "most texts in one onnxruntime call")

@@ -23,21 +23,22 @@ def words(count: int) -> str:
 
 
 def record_batches(server) -> tuple[list[tuple[int, int]], threading.Event, threading.Event]:
-    """Hook on the default version's ``runtime.run``: every batch is recorded as (rows, padded
-    length); the first one sets ``entered`` and waits for ``release``."""
+    """Hook on the default version's ``runtime.run_async``: every batch is recorded as (rows,
+    padded length) when it is started; the first one sets ``entered`` and waits for ``release``."""
     runtime = server.app.core.get_model("news").runtime
     batches: list[tuple[int, int]] = []
     entered, release = threading.Event(), threading.Event()
-    real = runtime.run
+    real = runtime.run_async
 
-    def recorded(rows):
+    def recorded(rows, done):
         batches.append((len(rows), max(int(r.shape[0]) for r in rows)))
         if len(batches) == 1:
             entered.set()
-            release.wait(20)
-        return real(rows)
+            threading.Thread(target=lambda: (release.wait(20), real(rows, done)), daemon=True).start()
+            return
+        real(rows, done)
 
-    runtime.run = recorded
+    runtime.run_async = recorded
     return batches, entered, release
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import queue
 import random
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from client.client import TextclfClient, classify_request
+from tests.support.hooks import hold_inference_pool
 from tests.support.metrics import metric, scrape, wait_until
 from tests.support.texts import SHORT, TEXTS
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
@@ -120,13 +120,12 @@ def test_batching_off_deadline_and_full_queue(start_server, bundles) -> None:
 
 def test_lone_request_is_computed_at_once_without_the_inference_pool(start_server, bundles) -> None:
     """The lone-request fast path: with greedy batching, the only open RPC is admitted, tokenized
-    and computed on the event loop. Proven with the inference pool's one thread held: the lone
+    and computed on the event loop. Proven with the inference pool's one slot held: the lone
     request is still answered (exactly as the model answers it) and counted as a batch of one; the
     request limits hold on this path too (max_texts_per_request <= max_queue_size, so a lone request
     on an idle version always fits the queue)."""
     server = start_server(max_queue_size=2, max_texts_per_request=2, max_queue_delay_ms=0.0)
-    held, release = threading.Event(), threading.Event()
-    server.app.executor.submit(lambda: (held.set(), release.wait(30)))
+    held, release = hold_inference_pool(server)
     try:
         assert held.wait(10)
         with TextclfClient(server.address, retry=False) as client:
@@ -149,10 +148,9 @@ def test_lone_request_is_computed_at_once_without_the_inference_pool(start_serve
 
 def test_a_request_with_company_is_batched_not_run_on_the_event_loop(start_server, bundles) -> None:
     """While another RPC is open (here a ClassifyStream), a request takes the queued path: with the
-    inference pool's thread held it waits in the queue, and is answered once the pool is free."""
+    inference pool's slot held it waits in the queue, and is answered once the pool is free."""
     server = start_server(max_queue_delay_ms=0.0)
-    held, release = threading.Event(), threading.Event()
-    server.app.executor.submit(lambda: (held.set(), release.wait(30)))
+    held, release = hold_inference_pool(server)
     assert held.wait(10)
     outbox: queue.Queue = queue.Queue()
     with grpc.insecure_channel(server.address) as channel:

@@ -6,20 +6,47 @@ import asyncio
 import threading
 from typing import Any
 
+import numpy as np
+
 
 def hold_inference(server: Any, model: str = "news") -> tuple[threading.Event, threading.Event]:
-    """Hook on the default version's ``runtime.run``: a batch taken to compute sets ``entered``
-    and waits for ``release`` (its texts no longer count as queued)."""
+    """Hook on the default version's runtime: a batch taken to compute sets ``entered`` and waits
+    for ``release`` (its texts no longer count as queued). Batches (``run_async``) wait on a thread
+    of their own, as onnxruntime's would; a blocking ``run`` (batching off) waits where it is called."""
     runtime = server.app.core.get_model(model).runtime
     entered, release = threading.Event(), threading.Event()
-    real = runtime.run
+    real_run, real_run_async = runtime.run, runtime.run_async
 
     def held(rows):
         entered.set()
         release.wait(20)
-        return real(rows)
+        return real_run(rows)
 
-    runtime.run = held
+    def held_async(rows, done):
+        entered.set()
+        threading.Thread(target=lambda: (release.wait(20), real_run_async(rows, done)), daemon=True).start()
+
+    runtime.run, runtime.run_async = held, held_async
+    return entered, release
+
+
+class _HeldBatch:
+    """Stands in for a runtime in ``InferencePool.run_batch``: its batch ends when released."""
+
+    def __init__(self, entered: threading.Event, release: threading.Event) -> None:
+        self.entered, self.release = entered, release
+
+    def run_async(self, rows, done) -> None:
+        self.entered.set()
+        threading.Thread(target=lambda: (self.release.wait(30), done(np.zeros((0, 1), np.float32), None)),
+                         daemon=True).start()
+
+
+def hold_inference_pool(server: Any) -> tuple[threading.Event, threading.Event]:
+    """Take the server's one inference slot (``inference_workers`` 1) with a batch of nothing that
+    ends on ``release``: every batch of every model waits for a slot meanwhile."""
+    entered, release = threading.Event(), threading.Event()
+    asyncio.run_coroutine_threadsafe(server.app.inference.run_batch(_HeldBatch(entered, release), []), server.loop)
     return entered, release
 
 

@@ -126,6 +126,9 @@ def make_tiny_bundle(
     version: int | None = None,
     workdir: str | Path | None = None,
     fit_steps: int = 0,
+    hidden_size: int = 8,
+    embedding_dim: int = 8,
+    max_len: int = 24,
 ) -> Path:
     """Export and publish a tiny random model through the real export pipeline; returns <repo>/<name>/<v>.
 
@@ -136,6 +139,7 @@ def make_tiny_bundle(
 
     workdir = Path(workdir) if workdir else Path(repository).parent / "tiny-checkpoints"
     checkpoint = make_tiny_checkpoint(workdir, cell=cell, bidirectional=bidirectional,
-                                      num_layers=num_layers, pooling=pooling, fit_steps=fit_steps)
+                                      num_layers=num_layers, pooling=pooling, fit_steps=fit_steps,
+                                      hidden_size=hidden_size, embedding_dim=embedding_dim, max_len=max_len)
     return export_bundle(checkpoint, repository, name, version=version, quantize=quantize,
                          providers=["CPUExecutionProvider"])

@@ -1,0 +1,148 @@
+"""The inference pool's slots (service/inference_pool.py): a batch holds its slot until onnxruntime
+has finished it, whatever happens to its caller, and shutdown waits for every running batch. The
+runtime here stands in for onnxruntime's RunAsync: each batch ends on its own thread when the test
+says so, so every timing is chosen by the test."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.inference_pool import InferencePool
+
+
+class ControlledRuntime:
+    """``run_async`` starts a batch that finishes (on a thread of its own, as onnxruntime's does)
+    once ``finish(i)`` is called for it."""
+
+    def __init__(self) -> None:
+        self.started: list[threading.Event] = []
+        self._finish: list[threading.Event] = []
+        self._any_started = threading.Semaphore(0)
+
+    def run_async(self, rows, done) -> None:
+        if rows == ["refuse"]:
+            raise ValueError("cannot start this batch")
+        finish = threading.Event()
+        self._finish.append(finish)
+
+        def compute() -> None:
+            finish.wait(30)
+            if rows == ["fail"]:
+                done(None, RuntimeError("onnxruntime failed"))
+            else:
+                done(np.full((len(rows), 2), 0.5, np.float32), None)
+
+        threading.Thread(target=compute, daemon=True).start()
+        self._any_started.release()
+
+    def wait_started(self, count: int) -> None:
+        for _ in range(count):
+            assert self._any_started.acquire(timeout=10)
+
+    def finish(self, index: int) -> None:
+        self._finish[index].set()
+
+    @property
+    def batches_started(self) -> int:
+        return len(self._finish)
+
+
+async def _until(condition, what: str) -> None:
+    for _ in range(1000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_cancelled_batch_keeps_its_slot_until_onnxruntime_is_done() -> None:
+    """One slot. The first batch's caller is cancelled while onnxruntime computes it: the second
+    batch must still wait for that computation (submit-and-cancel cannot run two batches at once)."""
+    async def scenario() -> None:
+        pool = InferencePool(1)
+        runtime = ControlledRuntime()
+        first = asyncio.ensure_future(pool.run_batch(runtime, [np.zeros(1)]))
+        await asyncio.to_thread(runtime.wait_started, 1)
+        first.cancel()
+        second = asyncio.ensure_future(pool.run_batch(runtime, [np.zeros(1)] * 3))
+        await asyncio.sleep(0.05)
+        assert runtime.batches_started == 1 and not second.done(), "the second batch started beside the first"
+        assert pool.batches_running == 1
+        runtime.finish(0)
+        await asyncio.to_thread(runtime.wait_started, 1)
+        runtime.finish(1)
+        assert (await second).shape == (3, 2)
+        assert first.cancelled()
+        await _until(lambda: pool.batches_running == 0, "no batch running")
+        pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_slots_bound_batches_across_runtimes() -> None:
+    """``inference_workers`` slots are shared by every model version: with two slots, a third
+    batch (of another runtime) waits until one of the first two ends."""
+    async def scenario() -> None:
+        pool = InferencePool(2)
+        a, b = ControlledRuntime(), ControlledRuntime()
+        runs = [asyncio.ensure_future(pool.run_batch(a, [np.zeros(1)])),
+                asyncio.ensure_future(pool.run_batch(a, [np.zeros(1)]))]
+        await asyncio.to_thread(a.wait_started, 2)
+        third = asyncio.ensure_future(pool.run_batch(b, [np.zeros(1)]))
+        await asyncio.sleep(0.05)
+        assert b.batches_started == 0
+        a.finish(1)
+        await asyncio.to_thread(b.wait_started, 1)
+        a.finish(0)
+        b.finish(0)
+        await asyncio.gather(*runs, third)
+        pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_errors_reach_the_caller_and_free_the_slot() -> None:
+    async def scenario() -> None:
+        pool = InferencePool(1)
+        runtime = ControlledRuntime()
+        with pytest.raises(ValueError, match="cannot start"):
+            await pool.run_batch(runtime, ["refuse"])
+        failing = asyncio.ensure_future(pool.run_batch(runtime, ["fail"]))
+        await asyncio.to_thread(runtime.wait_started, 1)
+        runtime.finish(0)
+        with pytest.raises(RuntimeError, match="onnxruntime failed"):
+            await failing
+        ok = asyncio.ensure_future(pool.run_batch(runtime, [np.zeros(1)]))
+        await asyncio.to_thread(runtime.wait_started, 1)
+        runtime.finish(1)
+        assert (await ok).shape == (1, 2)
+        await _until(lambda: pool.batches_running == 0, "no batch running")
+        pool.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_shutdown_waits_for_running_batches() -> None:
+    """No onnxruntime thread may call back into an interpreter that is exiting: shutdown returns
+    only once every started batch has called back, even one whose caller was cancelled."""
+    pool = InferencePool(1)
+    runtime = ControlledRuntime()
+    loop = asyncio.new_event_loop()
+    try:
+        run = loop.create_task(pool.run_batch(runtime, [np.zeros(1)]))
+        loop.run_until_complete(asyncio.sleep(0))
+        runtime.wait_started(1)
+        run.cancel()
+        loop.run_until_complete(asyncio.gather(run, return_exceptions=True))
+        shut = threading.Thread(target=pool.shutdown)
+        shut.start()
+        shut.join(0.2)
+        assert shut.is_alive(), "shutdown returned while onnxruntime was still computing"
+        runtime.finish(0)
+        shut.join(10)
+        assert not shut.is_alive() and pool.batches_running == 0
+    finally:
+        loop.close()
