@@ -1,7 +1,8 @@
 """Where onnxruntime computes: ``inference_workers`` slots shared by every loaded model version.
 
 With batching on, a batch is handed from the event loop to onnxruntime's RunAsync
-(``ModelRuntime.run_async``) and holds a slot until onnxruntime has finished it, also when the
+(``ModelRuntime.run_async``; on the thread pool below for a runtime whose provider could not run
+asynchronously at load) and holds a slot until onnxruntime has finished it, also when the
 caller gave up meanwhile, so at most ``inference_workers`` batches compute at once, whichever models
 they belong to. With batching off, each request's job (tokenize and compute) runs on a thread pool
 of ``inference_workers`` threads. ``shutdown`` waits for both, so no onnxruntime thread calls back
@@ -16,7 +17,7 @@ import threading
 
 import numpy as np
 
-from service.runtime import ModelRuntime
+from service.runtime import BatchDone, ModelRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,30 @@ class InferencePool:
 
         self._count(1)
         try:
-            runtime.run_async(rows, done)
+            self._start(runtime, rows, done)
         except BaseException:
             self._count(-1)
             slots.release()
             raise
         return await future
+
+    def _start(self, runtime: ModelRuntime, rows: list[np.ndarray], done: BatchDone) -> None:
+        """RunAsync where the runtime has a batch session; otherwise (onnxruntime could not run
+        the batch session asynchronously at load) the batch runs on the thread pool, the way
+        every batch ran before RunAsync, with the same slot and callback."""
+        if runtime.runs_async:
+            runtime.run_async(rows, done)
+            return
+
+        def job() -> None:
+            try:
+                probabilities = runtime.run(rows)
+            except Exception as exc:
+                done(None, exc)
+                return
+            done(probabilities, None)
+
+        self.executor.submit(job)
 
     def _count(self, delta: int) -> None:
         with self._changed:

@@ -95,8 +95,19 @@ class ModelRuntime:
         probe = [np.array([1], dtype=np.int64)]
         runtime.run(probe)
         if batch_session is not None:
-            runtime.run_batch_blocking(probe)
+            try:
+                runtime.run_batch_blocking(probe)
+            except Exception as exc:  # the model itself ran above: this is RunAsync with these providers
+                logger.warning("onnxruntime cannot run batches asynchronously with %s (%s: %s); batches of %s "
+                               "run on the inference threads", ", ".join(providers), type(exc).__name__, exc,
+                               bundle_dir)
+                runtime.batch_session = None
         return runtime
+
+    @property
+    def runs_async(self) -> bool:
+        """Batches go through ``run_async`` (else through ``run`` on a worker thread)."""
+        return self.batch_session is not None
 
     @property
     def providers(self) -> list[str]:

@@ -8,14 +8,20 @@ import asyncio
 import threading
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
+from bundle.inference import CPU_PROVIDER
+from bundle.store import verify_bundle
 from service.inference_pool import InferencePool
+from service.runtime import ModelRuntime
 
 
 class ControlledRuntime:
     """``run_async`` starts a batch that finishes (on a thread of its own, as onnxruntime's does)
     once ``finish(i)`` is called for it."""
+
+    runs_async = True
 
     def __init__(self) -> None:
         self.started: list[threading.Event] = []
@@ -146,3 +152,37 @@ def test_shutdown_waits_for_running_batches() -> None:
         assert not shut.is_alive() and pool.batches_running == 0
     finally:
         loop.close()
+
+
+def test_without_run_async_batches_run_on_the_inference_threads(bundles, monkeypatch, caplog) -> None:
+    """A provider that cannot run the batch session asynchronously (RunAsync fails at the load
+    probe) is not a refused bundle: the runtime logs it and its batches run on the pool's threads,
+    with the same answers and the same slots."""
+    def refuse(*_args, **_kwargs):
+        raise RuntimeError("RunAsync is not supported here")
+
+    monkeypatch.setattr(ort.InferenceSession, "run_async", refuse)
+    path = bundles[1].path
+    runtime = ModelRuntime.load(path, verify_bundle(path), providers=[CPU_PROVIDER], intra_op_threads=1,
+                                batching=True)
+    assert not runtime.runs_async
+    assert "cannot run batches asynchronously" in caplog.text
+    rows = [np.array([3, 4, 5], dtype=np.int64), np.array([6], dtype=np.int64)]
+    threads: list[str] = []
+    real_run = runtime.run
+
+    def run(batch):
+        threads.append(threading.current_thread().name)
+        return real_run(batch)
+
+    runtime.run = run
+
+    async def scenario() -> np.ndarray:
+        pool = InferencePool(1)
+        try:
+            return await pool.run_batch(runtime, rows)
+        finally:
+            pool.shutdown()
+
+    np.testing.assert_allclose(asyncio.run(scenario()), real_run(rows), atol=0, rtol=0)
+    assert len(threads) == 1 and threads[0].startswith("inference")

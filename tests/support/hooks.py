@@ -33,6 +33,8 @@ def hold_inference(server: Any, model: str = "news") -> tuple[threading.Event, t
 class _HeldBatch:
     """Stands in for a runtime in ``InferencePool.run_batch``: its batch ends when released."""
 
+    runs_async = True
+
     def __init__(self, entered: threading.Event, release: threading.Event) -> None:
         self.entered, self.release = entered, release
 
