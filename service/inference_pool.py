@@ -21,6 +21,11 @@ from service.runtime import BatchDone, ModelRuntime
 
 logger = logging.getLogger(__name__)
 
+# How long a runtime is kept after its batch's callback: onnxruntime's thread ends the run within
+# microseconds of calling back, so this is a wide margin, and it delays only the freeing of a
+# retired version's memory.
+KEEP_ALIVE_AFTER_RUN_S = 1.0
+
 
 class InferencePool:
     def __init__(self, workers: int) -> None:
@@ -28,6 +33,7 @@ class InferencePool:
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="inference")
         self._slots: asyncio.Semaphore | None = None  # made on first use, on the serving event loop
         self._running = 0  # batches started in onnxruntime and not yet called back
+        self._keep_alive: list[ModelRuntime] = []  # runtimes of batches running or just finished
         self._changed = threading.Condition()
 
     @property
@@ -45,6 +51,11 @@ class InferencePool:
 
         def settle(probabilities: np.ndarray | None, error: Exception | None) -> None:  # event loop
             slots.release()
+            # onnxruntime's thread may still be finishing this run (freeing its tensors) when this
+            # runs: keep the runtime, and with it the session, a while longer, so a version
+            # retired meanwhile is never freed under that thread, and the last reference is
+            # dropped here on the event loop
+            loop.call_later(KEEP_ALIVE_AFTER_RUN_S, self._keep_alive.remove, runtime)
             if future.done():  # the caller was cancelled: nobody waits for this batch any more
                 return
             if error is not None:
@@ -61,10 +72,12 @@ class InferencePool:
                 self._count(-1)
 
         self._count(1)
+        self._keep_alive.append(runtime)
         try:
             self._start(runtime, rows, done)
         except BaseException:
             self._count(-1)
+            self._keep_alive.remove(runtime)
             slots.release()
             raise
         return await future

@@ -123,7 +123,7 @@ class ModelRuntime:
         return probabilities (B, C) float32."""
         input_ids, lengths = pad(rows)
         (logits,) = self.session.run([OUTPUT_LOGITS], {INPUT_IDS: input_ids, INPUT_LENGTHS: lengths})
-        return self._probabilities(logits, len(rows))
+        return _probabilities(logits, (len(rows), self.num_labels))
 
     def run_async(self, rows: list[np.ndarray], done: BatchDone) -> None:
         """Pad ``rows`` into one batch and start it on the batch session's own thread; ``done`` is
@@ -132,14 +132,17 @@ class ModelRuntime:
         if self.batch_session is None:
             raise RuntimeError("this runtime was loaded without batching: it has no batch session")
         input_ids, lengths = pad(rows)
-        count = len(rows)
+        shape = (len(rows), self.num_labels)
 
+        # No reference to this runtime in the callback: onnxruntime drops the callback on its own
+        # pool thread, and if that dropped the last reference to the session, the session would
+        # join its pool from that very thread. The caller keeps the runtime alive (InferencePool).
         def finished(results: list[np.ndarray], _user_data: object, error: str) -> None:
             if error:
                 done(None, RuntimeError(error))
                 return
             try:
-                probabilities = self._probabilities(results[0], count)
+                probabilities = _probabilities(results[0], shape)
             except Exception as exc:
                 done(None, exc)
                 return
@@ -165,10 +168,6 @@ class ModelRuntime:
         assert probabilities is not None
         return probabilities
 
-    def _probabilities(self, logits: np.ndarray, count: int) -> np.ndarray:
-        if logits.ndim != 2 or logits.shape != (count, self.num_labels):
-            raise ValueError(f"model returned logits of shape {logits.shape}, expected ({count}, {self.num_labels})")
-        return softmax(logits)
 
     def warmup(self, max_batch_size: int) -> None:
         """Exercise the shapes traffic will use (batch 1 and full, short and max length) and check
@@ -186,6 +185,13 @@ class ModelRuntime:
             for rows in rows_list:
                 if not np.all(np.isfinite(run(rows))):
                     raise ValueError("model returned non-finite probabilities during warm-up")
+
+
+def _probabilities(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Softmax of the logits, which must have one row per text and one column per label."""
+    if logits.ndim != 2 or logits.shape != shape:
+        raise ValueError(f"model returned logits of shape {logits.shape}, expected {shape}")
+    return softmax(logits)
 
 
 def _session(bundle_dir: Path, providers: list[str], intra_op_threads: int, inter_op_threads: int,

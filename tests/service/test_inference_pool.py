@@ -5,7 +5,9 @@ says so, so every timing is chosen by the test."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +15,7 @@ import pytest
 
 from bundle.inference import CPU_PROVIDER
 from bundle.store import verify_bundle
+from service import inference_pool
 from service.inference_pool import InferencePool
 from service.runtime import ModelRuntime
 
@@ -24,15 +27,14 @@ class ControlledRuntime:
     runs_async = True
 
     def __init__(self) -> None:
-        self.started: list[threading.Event] = []
-        self._finish: list[threading.Event] = []
+        self.finish_events: list[threading.Event] = []
         self._any_started = threading.Semaphore(0)
 
     def run_async(self, rows, done) -> None:
         if rows == ["refuse"]:
             raise ValueError("cannot start this batch")
         finish = threading.Event()
-        self._finish.append(finish)
+        self.finish_events.append(finish)
 
         def compute() -> None:
             finish.wait(30)
@@ -49,11 +51,11 @@ class ControlledRuntime:
             assert self._any_started.acquire(timeout=10)
 
     def finish(self, index: int) -> None:
-        self._finish[index].set()
+        self.finish_events[index].set()
 
     @property
     def batches_started(self) -> int:
-        return len(self._finish)
+        return len(self.finish_events)
 
 
 async def _until(condition, what: str) -> None:
@@ -186,3 +188,36 @@ def test_without_run_async_batches_run_on_the_inference_threads(bundles, monkeyp
 
     np.testing.assert_allclose(asyncio.run(scenario()), real_run(rows), atol=0, rtol=0)
     assert len(threads) == 1 and threads[0].startswith("inference")
+
+
+def test_a_runtime_outlives_its_batch_and_is_freed_on_the_event_loop(monkeypatch) -> None:
+    """A version retired while its batch computes: the pool keeps its runtime (and so its
+    onnxruntime session) while the batch runs and for a while after onnxruntime called back, and the
+    last reference goes on the event loop, never on onnxruntime's thread (a session freed from its
+    own pool thread would join that thread from itself)."""
+    monkeypatch.setattr(inference_pool, "KEEP_ALIVE_AFTER_RUN_S", 0.05)
+    freed_on: list[str] = []
+
+    class Retired(ControlledRuntime):
+        def __del__(self) -> None:
+            freed_on.append(threading.current_thread().name)
+
+    async def scenario() -> None:
+        pool = InferencePool(1)
+        runtime = Retired()
+        run = asyncio.ensure_future(pool.run_batch(runtime, [np.zeros(1)]))
+        await asyncio.to_thread(runtime.wait_started, 1)
+        release = runtime.finish_events[0]
+        alive = weakref.ref(runtime)
+        del runtime
+        gc.collect()
+        assert alive() is not None, "freed while onnxruntime computes its batch"
+        release.set()
+        await run
+        gc.collect()
+        assert alive() is not None, "freed right after the callback"
+        await _until(lambda: alive() is None, "the runtime freed after the keep-alive")
+        assert freed_on == [threading.current_thread().name]
+        pool.shutdown()
+
+    asyncio.run(scenario())

@@ -62,7 +62,8 @@ def test_batches_compute_on_the_configured_intra_op_threads(wide_lstm: ModelRunt
     """RunAsync needs a pool thread besides the caller's, so the batch session has one intra-op
     thread more than ``intra_op_threads`` (docs/service.md "Where batches compute"); the batch runs
     on that pool thread and still computes on one thread, as every peer in bench/peers is set up.
-    The control: the same session run synchronously splits the batch over both threads."""
+    The control: the same session run synchronously splits the batch over both threads (~2 cores
+    on an idle machine); when it cannot, the machine is too busy for the measurement to mean anything."""
     batch_options = wide_lstm.batch_session.get_session_options()
     assert (wide_lstm.session.get_session_options().intra_op_num_threads, batch_options.intra_op_num_threads) == (1, 2)
     rows = _batch(wide_lstm)
@@ -70,8 +71,9 @@ def test_batches_compute_on_the_configured_intra_op_threads(wide_lstm: ModelRunt
     async_cores = _cores_used(wide_lstm.run_batch_blocking, rows)
     sync_cores = _cores_used(lambda _: wide_lstm.batch_session.run(None, {INPUT_IDS: input_ids,
                                                                              INPUT_LENGTHS: lengths}), rows)
-    assert async_cores < 1.3, f"a batch took {async_cores:.2f} cores"
-    assert sync_cores > async_cores + 0.3, (sync_cores, async_cores)
+    if sync_cores < 1.5:  # the other core is busy: one thread and two look alike, nothing to conclude
+        pytest.skip(f"too busy a machine to tell one compute thread from two (two threads used {sync_cores:.2f} cores)")
+    assert async_cores < 1.3, f"a batch took {async_cores:.2f} cores (two threads: {sync_cores:.2f})"
 
 
 def test_the_batch_session_answers_as_the_other_session(wide_lstm: ModelRuntime) -> None:
