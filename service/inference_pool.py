@@ -29,9 +29,8 @@ KEEP_ALIVE_AFTER_RUN_S = 1.0
 
 class InferencePool:
     def __init__(self, workers: int) -> None:
-        self.workers = workers
         self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="inference")
-        self._slots: asyncio.Semaphore | None = None  # made on first use, on the serving event loop
+        self._slots = asyncio.Semaphore(workers)  # bound to the event loop that first waits on it
         self._running = 0  # batches started in onnxruntime and not yet called back
         self._keep_alive: list[ModelRuntime] = []  # runtimes of batches running or just finished
         self._changed = threading.Condition()
@@ -43,8 +42,6 @@ class InferencePool:
     async def run_batch(self, runtime: ModelRuntime, rows: list[np.ndarray]) -> np.ndarray:
         """Compute one padded batch of ``rows`` with ``runtime``: probabilities (B, C)."""
         loop = asyncio.get_running_loop()
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.workers)
         slots = self._slots
         await slots.acquire()
         future: asyncio.Future[np.ndarray] = loop.create_future()

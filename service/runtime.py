@@ -168,7 +168,6 @@ class ModelRuntime:
         assert probabilities is not None
         return probabilities
 
-
     def warmup(self, max_batch_size: int) -> None:
         """Exercise the shapes traffic will use (batch 1 and full, short and max length) and check
         outputs. With a batch session, the other session serves only the lone-request fast path's
@@ -177,15 +176,13 @@ class ModelRuntime:
         longest = np.ones(self.encoder.max_len, dtype=np.int64)
         full = max(1, min(max_batch_size, 64))
         shapes = (short, [longest], short * full, [longest] * full, short + [longest])
-        runs: list[tuple[Callable[[list[np.ndarray]], np.ndarray], tuple[list[np.ndarray], ...]]] = [
-            (self.run, shapes[:2] if self.batch_session is not None else shapes)]
-        if self.batch_session is not None:
-            runs.append((self.run_batch_blocking, shapes))
-        for run, rows_list in runs:
-            for rows in rows_list:
-                if not np.all(np.isfinite(run(rows))):
-                    raise ValueError("model returned non-finite probabilities during warm-up")
-
+        if self.runs_async:
+            plan = [(self.run, rows) for rows in shapes[:2]] + [(self.run_batch_blocking, rows) for rows in shapes]
+        else:
+            plan = [(self.run, rows) for rows in shapes]
+        for run, rows in plan:
+            if not np.all(np.isfinite(run(rows))):
+                raise ValueError("model returned non-finite probabilities during warm-up")
 
 def _probabilities(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Softmax of the logits, which must have one row per text and one column per label."""
