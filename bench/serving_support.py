@@ -9,7 +9,6 @@ import json
 import logging
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ if str(ROOT) not in sys.path:
 from bundle.card import ModelCard  # noqa: E402
 from bundle.store import list_versions  # noqa: E402
 from bundle.tokenization import TextEncoder  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402,F401 - also support.free_port for the bench scripts
 
 logger = logging.getLogger(__name__)
 
@@ -172,12 +172,6 @@ def token_stats(encoder: TextEncoder, texts: list[str]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- server process
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 @dataclass
 class ServerProcess:

@@ -43,7 +43,8 @@ from tests.support.containers import (BASE_IMAGE, NGINX_IMAGE, SERVE_IMAGE, Engi
 from tests.support.deploy_env import (COMPOSE_FILE, MODEL, REPO, TEXTS, compose_env, compose_service,
                                       duration_seconds, env_of, nginx_failovers, ok_requests)
 from tests.support.onnx_bundle import TinyBundle, make_onnx_bundle
-from tests.support.service_process import READY_LINE, free_port
+from tests.support.ports import free_port
+from tests.support.service_process import READY_LINE
 from tests.support.traffic import Traffic, wait_for
 
 logger = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from service.healthcheck import check as health_check
 from tests.support.deploy_env import (MODEL, REPO, TEXTS, compose_service, env_of, nginx_failovers, ok_requests,
                                       render_nginx, require_tools)
 from tests.support.onnx_bundle import make_onnx_bundle
-from tests.support.service_process import free_port
+from tests.support.ports import free_port
 from tests.support.traffic import Traffic, wait_for
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from tests.support.deploy_env import REPO, compose_service, env_of, render_nginx, require_tools
-from tests.support.service_process import free_port
+from tests.support.ports import free_port
 from tests.support.traffic import wait_for
 
 pytestmark = pytest.mark.timeout(120)

@@ -31,7 +31,8 @@ from client.client import classify_request
 from tests.support.api_stubs import CLASSIFY, INFER, Stubs, infer_request
 from tests.support.metrics import metric, scrape, wait_until
 from tests.support.onnx_bundle import make_onnx_bundle
-from tests.support.service_process import FINAL_COUNTS, ServiceProcess, free_port
+from tests.support.ports import free_port
+from tests.support.service_process import FINAL_COUNTS, ServiceProcess
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import socket
 
-from tests.support.service_process import ephemeral_port_range, free_port
+from tests.support.ports import ephemeral_port_range, free_port
 
 
 def test_free_ports_lie_below_the_ephemeral_range_and_are_never_repeated() -> None:
