@@ -17,7 +17,7 @@ import threading
 
 import numpy as np
 
-from service.runtime import BatchDone, ModelRuntime
+from service.runtime import BatchDone, ModelRuntime, deliver
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +86,7 @@ class InferencePool:
         if runtime.runs_async:
             runtime.run_async(rows, done)
             return
-
-        def job() -> None:
-            try:
-                probabilities = runtime.run(rows)
-            except Exception as exc:
-                done(None, exc)
-                return
-            done(probabilities, None)
-
-        self.executor.submit(job)
+        self.executor.submit(deliver, done, lambda: runtime.run(rows))
 
     def _count(self, delta: int) -> None:
         with self._changed:

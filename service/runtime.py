@@ -140,13 +140,8 @@ class ModelRuntime:
         def finished(results: list[np.ndarray], _user_data: object, error: str) -> None:
             if error:
                 done(None, RuntimeError(error))
-                return
-            try:
-                probabilities = _probabilities(results[0], shape)
-            except Exception as exc:
-                done(None, exc)
-                return
-            done(probabilities, None)
+            else:
+                deliver(done, lambda: _probabilities(results[0], shape))
 
         self.batch_session.run_async([OUTPUT_LOGITS], {INPUT_IDS: input_ids, INPUT_LENGTHS: lengths}, finished, None)
 
@@ -183,6 +178,17 @@ class ModelRuntime:
         for run, rows in plan:
             if not np.all(np.isfinite(run(rows))):
                 raise ValueError("model returned non-finite probabilities during warm-up")
+
+
+def deliver(done: BatchDone, compute: Callable[[], np.ndarray]) -> None:
+    """Call ``done`` with what ``compute`` returns, or with the exception it raised."""
+    try:
+        probabilities = compute()
+    except Exception as exc:
+        done(None, exc)
+        return
+    done(probabilities, None)
+
 
 def _probabilities(logits: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Softmax of the logits, which must have one row per text and one column per label."""
