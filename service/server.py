@@ -38,6 +38,9 @@ Registrar = Callable[[grpc.aio.Server, InferenceCore], str]
 REGISTRARS: tuple[Registrar, ...] = (textclf_v1.register, kserve.register)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# After a drain, how long gRPC gets to send the answers already handed to it before the calls still
+# open (streams ended by the server whose clients have not closed their side) are cut
+FLUSH_AFTER_DRAIN_S = 1.0
 
 
 def register_servicers(server: grpc.aio.Server, core: InferenceCore) -> list[str]:
@@ -135,10 +138,16 @@ class App:
         # stop. Handlers run on this event loop, so nothing starts between the check and stop().
         while drained and self.core.calls_in_flight:
             drained = await self.core.wait_idle(max(0.0, deadline - time.monotonic()))
+        remaining = max(0.0, deadline - time.monotonic())
         if not drained:
             logger.warning("grace period of %.1f s over with %d call(s) still running", grace,
                            self.core.calls_in_flight)
-        await self.server.stop(max(0.0, deadline - time.monotonic()))
+        else:
+            # Every handler has returned, so every answer is with gRPC; beyond flushing them it would
+            # only wait for clients to close streams the server has already ended, and an idle
+            # client that never does would hold the exit for the whole grace period.
+            remaining = min(remaining, FLUSH_AFTER_DRAIN_S)
+        await self.server.stop(remaining)
         self.intake.close()
         if self.rest is not None:
             await self.rest.close()

@@ -4,6 +4,10 @@
   tritonclient, one of them idle from the start): every stream gets the answer of the message it
   had in flight, then ends with UNAVAILABLE "server is shutting down" right away; the process
   exits long before the grace period.
+* SIGTERM with a client that stopped reading (bare HTTP/2 frames: it never closes its stream and
+  never answers the PING of gRPC's graceful GOAWAY): the process still exits a second or two after
+  the drain. gRPC's own stop would wait the whole grace period for that client; a fresh
+  process's grpcio client was slow in the same way (3.5 s per stream here).
 * In process, ``App.stop`` with an open idle stream returns at once.
 
 Connection lifetime limits (the other half of item 5): test_connection_limits.py.
@@ -24,6 +28,7 @@ import tritonclient.grpc as triton
 from client.client import TextclfClient, classify_request
 from service.api.boundary import STREAM_DRAINED
 from tests.support.metrics import metric, scrape, wait_until
+from tests.support.raw_h2 import StubbornStream
 from tests.support.service_process import FINAL_COUNTS, ServiceProcess
 from textclf_protos.textclf.v1 import textclf_pb2 as pb
 from textclf_protos.textclf.v1 import textclf_pb2_grpc as pb_grpc
@@ -101,6 +106,26 @@ def test_sigterm_ends_open_streams_promptly_after_their_answers(bundles, repo_pa
     assert final["textclf.v1.ClassifyStream.message"] == {"OK": 2}, final
     assert final["kserve.ModelStreamInfer.message"] == {"OK": 2}, final
 
+
+def test_sigterm_exits_promptly_when_a_client_stops_reading(bundles, repo_path) -> None:
+    server = ServiceProcess(repo_path, "--grace-period", str(GRACE))
+    stubborn = StubbornStream(server.address, "/textclf.v1.TextClassifier/ClassifyStream", answer_pings=False)
+    try:
+        stubborn.send(pb.ClassifyStreamRequest(id="a", request=classify_request(["the market"], "news"))
+                      .SerializeToString())
+        wait_until(lambda: metric(scrape(server.metrics_url), "textclf_calls_in_flight") == 1, what="the open stream")
+        sigterm_at = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert stubborn.server_ended_call.wait(10), "the server did not end the stream"
+        assert server.wait(timeout=GRACE / 4) == 0  # without the cut after the drain: the whole grace period
+        shutdown_seconds = time.monotonic() - sigterm_at
+    finally:
+        stubborn.close()
+        server.kill()
+    assert shutdown_seconds < 5, f"shutdown took {shutdown_seconds:.1f} s"
+    final = json.loads(server.wait_line(FINAL_COUNTS).group(1))
+    assert final["textclf.v1.ClassifyStream"] == {"UNAVAILABLE": 1}, final
+    assert final["textclf.v1.ClassifyStream.message"] == {"OK": 1}, final
 
 
 def test_app_stop_with_an_idle_open_stream_returns_at_once(bundles, start_server) -> None:
