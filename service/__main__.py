@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from service.event_loop import SpinningSelector, new_event_loop
 from service.grpc_io import choose_grpc_io
 from service.memory import freeze_startup_objects, limit_malloc_arenas
 from service.metrics import WORKER_INDEX_ENV
@@ -43,12 +44,17 @@ def _tell_supervisor_ready() -> None:
         os.close(int(fd))
 
 
-async def serve(settings: Settings, worker: str | None = None) -> None:
+async def serve(settings: Settings, worker: str | None = None, selector: SpinningSelector | None = None) -> None:
     """Run one server until SIGTERM/SIGINT. ``worker``: this process is worker ``worker`` of a
-    multi-worker supervisor (SO_REUSEPORT on, the supervisor serves metrics and logs the totals)."""
+    multi-worker supervisor (SO_REUSEPORT on, the supervisor serves metrics and logs the totals).
+    ``selector``: the event loop's, told when it may poll (no call being handled) and where to count it."""
     from service.server import create_app  # imports grpc: only after main() has chosen gRPC core's I/O threads
 
     app = await create_app(settings, reuse_port=worker is not None)
+    if selector is not None:
+        core = app.core
+        selector.may_spin = lambda: core.calls_in_flight == 0
+        selector.on_spin = app.metrics.event_loop_spin.inc
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -95,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _die_with_supervisor()
     limit_malloc_arenas(settings.malloc_arena_max)  # before the server's threads exist
     try:
-        asyncio.run(serve(settings, worker))
+        selector = SpinningSelector(settings.idle_spin_us / 1e6)
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(selector)) as runner:
+            runner.run(serve(settings, worker, selector))
     except (RuntimeConfigError, SettingsError) as exc:  # e.g. bad TLS files, unreadable token file
         logger.error("%s", exc)
         return 2

@@ -186,6 +186,10 @@ class ServiceMetrics:
         self.memory_trimmed = Counter("textclf_memory_trimmed_bytes",
                                       "Freed memory returned to the OS by malloc_trim after bursts (service/memory.py)",
                                       registry=r)
+        self.event_loop_spin = Counter("textclf_event_loop_spin_seconds",
+                                       "Seconds the event loop polled instead of sleeping while no call was being handled "
+                                       "(idle_spin_us, service/event_loop.py): CPU spent for lone callers' latency",
+                                       registry=r)
         self.worker_index = os.environ.get(WORKER_INDEX_ENV)
         self.worker_requests: Counter | None = None
         if self.worker_index is not None:  # a worker of the multi-worker supervisor

@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     memory_trim_mb: int = _opt(
         64, "when RSS is this many MB over its value at start, return freed memory to the OS (glibc malloc_trim, "
             "checked once a second by one thread; 0 = off)")
+    idle_spin_us: int = _opt(
+        2000, "microseconds the event loop polls instead of sleeping after activity while no call is being handled, so a "
+              "lone caller's next request finds its core awake (up to that much CPU after each burst; 0 = off)")
     # Lifecycle and logging
     grace_period: float = _opt(10.0, "seconds admitted calls get to finish on SIGTERM/SIGINT")
     drain_delay: float = _opt(0.5, "seconds a drained server keeps answering UNAVAILABLE before it closes its port")
@@ -242,7 +245,7 @@ class Settings(BaseSettings):
         for name in ("max_versions", "intra_op_threads", "inter_op_threads", "grpc_max_pending_requests",
                      "grpc_max_pending_requests_hard_limit", "grpc_max_unrequested_seconds", "max_concurrent_rpcs",
                      "max_concurrent_streams", "max_batch_tokens", "memory_trim_mb", "max_request_bytes_in_flight",
-                     "refuse_unread_after",
+                     "refuse_unread_after", "idle_spin_us",
                      "malloc_arena_max"):
             check(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("poll_interval", "max_queue_delay_ms", "refuse_unread_delay_ms", "grace_period", "drain_delay", "max_connection_age_seconds",

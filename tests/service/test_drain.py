@@ -113,7 +113,8 @@ def test_sigterm_exits_promptly_when_a_client_stops_reading(bundles, repo_path) 
     try:
         stubborn.send(pb.ClassifyStreamRequest(id="a", request=classify_request(["the market"], "news"))
                       .SerializeToString())
-        wait_until(lambda: metric(scrape(server.metrics_url), "textclf_calls_in_flight") == 1, what="the open stream")
+        wait_until(lambda: metric(scrape(server.metrics_url), "textclf_requests_total",
+                                  api="textclf.v1.ClassifyStream.message", code="OK") == 1, what="the message answered")
         sigterm_at = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         assert stubborn.server_ended_call.wait(10), "the server did not end the stream"
