@@ -14,7 +14,7 @@ request to the loop, runs at once instead of waiting for the scheduler to preemp
 It polls only while ``may_spin()`` says so (the server: no call being handled, i.e. between a lone
 caller's calls). With calls open the loop blocks as before, so a busy server, whose loop waits
 on onnxruntime's batches, never takes CPU from them. The cost is CPU on an otherwise idle core:
-at most ``idle_spin_us`` after each burst of activity, counted in ``spun_seconds``
+at most ``idle_spin_us`` after each burst of activity, reported to ``on_spin``
 (``textclf_event_loop_spin_seconds_total``); 0 turns it off.
 """
 from __future__ import annotations
@@ -34,7 +34,6 @@ class SpinningSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         # the server installs both once its core and metrics exist
         self.may_spin = may_spin
         self.on_spin = on_spin  # told the seconds of each spell of polling
-        self.spun_seconds = 0.0
         self._last_event = float("-inf")
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
@@ -53,17 +52,13 @@ class SpinningSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
                 ready = super().select(0)
                 now = time.monotonic()
                 if ready:
-                    self._spun(now - start)
+                    self.on_spin(now - start)
                     self._last_event = now
                     return ready
-            self._spun(now - start)
+            self.on_spin(now - start)
             if timeout is not None:
                 timeout = max(0.0, timeout - (now - start))
         return self._selected(super().select(timeout))
-
-    def _spun(self, seconds: float) -> None:
-        self.spun_seconds += seconds
-        self.on_spin(seconds)
 
     def _selected(self, ready: list[tuple[selectors.SelectorKey, int]]) -> list[tuple[selectors.SelectorKey, int]]:
         if ready:
