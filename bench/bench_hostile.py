@@ -20,6 +20,12 @@ expensive valid requests.
    more with the legitimate load on one floor server and the attack sent to a second floor
    server process: what the attack costs the legitimate clients through the machine alone (CPU,
    memory bandwidth, the kernel's loopback), when no server process receives both.
+7. with ``--compare-separate``: the legitimate load on one service process and the whole attack
+   (every kind, streams included) on a second service process of the same bundle and settings,
+   once with the second at normal priority and once under ``nice -n 19``: what the attack costs the
+   legitimate clients when it is handled exactly as the service handles it, but in a process of its
+   own (the bound for any design that moves the attack's work to another process on this machine),
+   and what is left when that process also yields the CPU to the legitimate one.
 
 Reports legitimate p50/p99 without and with the attack, per hostile kind how long requests took
 to be answered and with which status, and the server's CPU, RSS and threads in each phase; checks
@@ -29,6 +35,7 @@ tests/bench/test_bench_hostile.py so it cannot rot).
 
     python bench/bench_hostile.py --repository models
     python bench/bench_hostile.py --repository models --compare-floor --output bench/results/hostile-vs-floor.json
+    python bench/bench_hostile.py --repository models --compare-separate --output bench/results/hostile-separate.json
     python bench/bench_hostile.py --quick --repository /tmp/tiny-models --texts-jsonl texts.jsonl
 """
 from __future__ import annotations
@@ -89,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also run against the gRPC floor server (textclf.v1 unary attack only, for both)")
     p.add_argument("--floor-kind", choices=("aio-deep", "aio-deep-raw"), default="aio-deep",
                    help="the floor server of --compare-floor (aio-deep-raw: receives without parsing)")
+    p.add_argument("--compare-separate", action="store_true",
+                   help="also run with the whole attack sent to a second service process (normal priority, "
+                        "then nice 19)")
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
     p.add_argument("--server-arg", action="append", default=[], help="extra `python -m service` flag")
     p.add_argument("--quick", action="store_true", help="seconds, not minutes: for the test that keeps this alive")
@@ -357,6 +367,10 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     hostile = await asyncio.get_running_loop().run_in_executor(None, out.get)
     attacker.join(30)
     hostile["server_side"] = server_side_within(target.metrics_url) if target.metrics_url else {}
+    if attack_target is not None:
+        # what the legitimate clients' server answered of the hostile-only APIs (none, if it received none)
+        hostile["legit_server_side"] = server_side_within(server.metrics_url) if server.metrics_url else {}
+        hostile["attack_target_nice"] = os.getpriority(os.PRIO_PROCESS, attack_target.pid)
     logger.info("under attack: %s", attacked)
     await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
     after = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
@@ -419,6 +433,26 @@ def load_texts(args: argparse.Namespace, bundle: support.Bundle) -> list[str]:
     return support.make_texts(encoder, source, args.tokens, 16 if args.quick else 64)
 
 
+def _start_service(args: argparse.Namespace, bundle: support.Bundle, log_dir: Path,
+                   nice: int = 0) -> support.ServerProcess:
+    return support.start_server(bundle.repository, batching=True, threads=args.threads, extra_args=args.server_arg,
+                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, log_dir=log_dir, nice=nice)
+
+
+def run_separate(args: argparse.Namespace, bundle: support.Bundle, texts: list[str], log_dir: Path, nice: int,
+                 legit_rate: float) -> dict:
+    """The legitimate load on one service process, the whole attack on a second one (``nice``)."""
+    server = _start_service(args, bundle, log_dir)
+    try:
+        sink = _start_service(args, bundle, log_dir, nice=nice)
+        try:
+            return asyncio.run(run(args, server, texts, attack_target=sink, legit_rate=legit_rate))
+        finally:
+            sink.stop()
+    finally:
+        server.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -426,8 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = load_texts(args, bundle)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
     started, load_start = time.time(), os.getloadavg()
-    server = support.start_server(bundle.repository, batching=True, threads=args.threads, extra_args=args.server_arg,
-                                  env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, log_dir=log_dir)
+    server = _start_service(args, bundle, log_dir)
     try:
         result = asyncio.run(run(args, server, texts))
     finally:
@@ -450,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
                 sink.stop()
         finally:
             floor.stop()
+    if args.compare_separate:
+        for nice, key in ((0, "attack_on_second_service"), (19, "attack_on_second_service_nice19")):
+            logger.info("the legitimate load on one service process, the attack on a second (nice %d)", nice)
+            result[key] = run_separate(args, bundle, texts, log_dir, nice, result["legit_rate_per_s"])
     result["after_seconds"], result["late_seconds"] = args.after_seconds, args.late_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
     support.write_json(args.output, report)
@@ -459,6 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_report(result["floor"]))
         print("\n## the legitimate load on a gRPC floor server, the attack on a second one (the machine's share)\n")
         print(format_report(result["floor_attack_elsewhere"]))
+    for key, title in (("attack_on_second_service", "a second service process at normal priority"),
+                       ("attack_on_second_service_nice19", "a second service process under nice 19")):
+        if key in result:
+            print(f"\n## the legitimate load on one service process, the whole attack on {title}\n")
+            print(format_report(result[key]))
     print(f"\nwrote {args.output}")
     return 0
 

@@ -68,3 +68,25 @@ def test_quick_hostile_benchmark_compares_with_the_grpc_floor(tmp_path: Path) ->
     for phase in (floor, elsewhere):
         assert all(set(row["codes"]) == {"OK"} for row in phase["hostile"]["kinds"].values())
     assert "the gRPC floor server" in run.stdout and "the attack on a second one" in run.stdout
+
+
+def test_quick_hostile_benchmark_sends_the_attack_to_a_second_service(tmp_path: Path) -> None:
+    """``--compare-separate``: the legitimate load on one service process, the whole attack on a
+    second one, at normal priority and under nice 19; the first answers none of the attack."""
+    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
+    output = tmp_path / "hostile.json"
+    run = subprocess.run([sys.executable, "bench/bench_hostile.py", "--quick", "--compare-separate", "--repository",
+                          str(tmp_path / "models"), "--texts-jsonl", str(_texts(tmp_path)), "--tokens", "20",
+                          "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(output.read_text())
+    for key, nice in (("attack_on_second_service", 0), ("attack_on_second_service_nice19", 19)):
+        arm = result[key]
+        assert arm["legit_rate_per_s"] == result["legit_rate_per_s"]
+        assert arm["attack"]["codes"].get("OK", 0) > 0
+        assert arm["hostile"]["attack_target_nice"] == nice
+        # the whole attack, KServe and streams too, reached the second process and none the first
+        assert "kserve/1M-empty-elements" in arm["hostile"]["kinds"] and arm["hostile"]["never_read_streams"] == 1
+        assert sum(row["answered"] for row in arm["hostile"]["server_side"].values()) > 0, key
+        assert sum(row["answered"] for row in arm["hostile"]["legit_server_side"].values()) == 0, key
+    assert "under nice 19" in run.stdout
