@@ -433,6 +433,20 @@ def test_k8s_deployment_matches_compose() -> None:
     assert annotations["prometheus.io/port"] == compose_env_["TEXTCLF_METRICS_PORT"]
 
 
+def test_replicas_do_not_poll_between_calls() -> None:
+    """Every deployed replica runs with ``idle_spin_us`` 0: replicas share cores, and polling after
+    each call is CPU that a quota and a CPU-utilisation autoscaler count (0.2 -> 0.9 cores at 400
+    sparse calls/s, bench/results/idle_spin_cost.json); the bare service keeps its default."""
+    objects = k8s_docs()
+    deployed = {name: env_of(compose_service(name)) for name in SERVER_SERVICES}
+    deployed["Deployment/textclf"] = k8s_env(objects["Deployment/textclf"]["spec"]["template"]["spec"]["containers"][0])
+    deployed["ServingRuntime/textclf-grpc-v2"] = k8s_env(objects["ServingRuntime/textclf-grpc-v2"]["spec"]["containers"][0])
+    for name, env in deployed.items():
+        settings = load_settings([], environ={k: v for k, v in env.items() if k.startswith("TEXTCLF_")})
+        assert settings.idle_spin_us == 0, f"{name} polls between calls"
+    assert Settings().idle_spin_us > 0
+
+
 def test_k8s_headless_service_and_hpa() -> None:
     objects = k8s_docs()
     deployment = objects["Deployment/textclf"]
