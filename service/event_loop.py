@@ -12,10 +12,11 @@ request to the loop, runs at once instead of waiting for the scheduler to preemp
 (without it a c=1 p99 doubled in 3 of 5 repetitions on two cores).
 
 It polls only while ``may_spin()`` says so (the server: no call being handled, i.e. between a lone
-caller's calls). With calls open the loop blocks as before, so a busy server, whose loop waits
-on onnxruntime's batches, never takes CPU from them. The cost is CPU on an otherwise idle core:
-at most ``idle_spin_us`` after each burst of activity, reported to ``on_spin``
-(``textclf_event_loop_spin_seconds_total``); 0 turns it off.
+caller's calls). While calls are being handled the loop blocks as before, so a busy server, whose
+loop waits on onnxruntime's batches, never takes CPU from them. The cost is CPU on an otherwise idle
+core: at most ``idle_spin_us`` after each burst of activity, reported to ``on_spin``
+(``textclf_event_loop_spin_seconds_total``); 0 turns it off. At a few hundred sparse calls a second
+that is most of a core (bench/idle_spin_cost.py), which is why the deployments set 0.
 """
 from __future__ import annotations
 

@@ -4,34 +4,12 @@ that every phase ran, every kind of hostile request got an answer with a status,
 carries the goals docs/reliability.md relies on."""
 from __future__ import annotations
 
-import json
-import random
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.onnx_bundle import make_onnx_bundle
-
-ROOT = Path(__file__).resolve().parents[2]
-WORDS = "the bank market rates striker team phone chip final shares rose fell goal scored software".split()
-
-
-def _texts(tmp_path: Path) -> Path:
-    rng = random.Random(0)
-    texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"text": " ".join(rng.choice(WORDS) for _ in range(60))}) + "\n"
-                             for _ in range(40)), encoding="utf-8")
-    return texts
-
+from tests.support.quick_bench import run_quick
 
 def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
-    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
-    output = tmp_path / "hostile.json"
-    run = subprocess.run([sys.executable, "bench/bench_hostile.py", "--quick", "--repository", str(tmp_path / "models"),
-                          "--texts-jsonl", str(_texts(tmp_path)), "--tokens", "20", "--output", str(output)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(output.read_text())
+    run, result = run_quick("bench_hostile.py", tmp_path)
     assert result["no_attack"]["codes"].get("OK", 0) > 0 and result["attack"]["codes"].get("OK", 0) > 0
     kinds = result["hostile"]["kinds"]
     assert {"textclf/nfkc-18x", "kserve/no-space", "kserve/1M-empty-elements"} <= set(kinds)
@@ -52,13 +30,7 @@ def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
 
 def test_quick_hostile_benchmark_compares_with_the_grpc_floor(tmp_path: Path) -> None:
     """``--compare-floor``: the same legitimate load and textclf.v1 attack against the floor server."""
-    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
-    output = tmp_path / "hostile.json"
-    run = subprocess.run([sys.executable, "bench/bench_hostile.py", "--quick", "--compare-floor", "--repository",
-                          str(tmp_path / "models"), "--texts-jsonl", str(_texts(tmp_path)), "--tokens", "20",
-                          "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(output.read_text())
+    run, result = run_quick("bench_hostile.py", tmp_path, "--compare-floor")
     floor, elsewhere = result["floor"], result["floor_attack_elsewhere"]
     assert floor["legit_rate_per_s"] == elsewhere["legit_rate_per_s"] == result["legit_rate_per_s"]
     for phase in (result, floor, elsewhere):
@@ -73,13 +45,7 @@ def test_quick_hostile_benchmark_compares_with_the_grpc_floor(tmp_path: Path) ->
 def test_quick_hostile_benchmark_sends_the_attack_to_a_second_service(tmp_path: Path) -> None:
     """``--compare-separate``: the legitimate load on one service process, the whole attack on a
     second one, at normal priority and under nice 19; the first answers none of the attack."""
-    make_onnx_bundle(tmp_path / "models", name="news", version=1, max_len=64)
-    output = tmp_path / "hostile.json"
-    run = subprocess.run([sys.executable, "bench/bench_hostile.py", "--quick", "--compare-separate", "--repository",
-                          str(tmp_path / "models"), "--texts-jsonl", str(_texts(tmp_path)), "--tokens", "20",
-                          "--output", str(output)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    result = json.loads(output.read_text())
+    run, result = run_quick("bench_hostile.py", tmp_path, "--compare-separate")
     for key, nice in (("attack_on_second_service", 0), ("attack_on_second_service_nice19", 19)):
         arm = result[key]
         assert arm["legit_rate_per_s"] == result["legit_rate_per_s"]
