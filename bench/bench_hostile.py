@@ -22,10 +22,11 @@ expensive valid requests.
    memory bandwidth, the kernel's loopback), when no server process receives both.
 7. with ``--compare-separate``: the legitimate load on one service process and the whole attack
    (every kind, streams included) on a second service process of the same bundle and settings,
-   once with the second at normal priority and once under ``nice -n 19``: what the attack costs the
-   legitimate clients when it is handled exactly as the service handles it, but in a process of its
-   own (the bound for any design that moves the attack's work to another process on this machine),
-   and what is left when that process also yields the CPU to the legitimate one.
+   at normal priority, under ``nice -n 19`` and under ``SCHED_IDLE`` (``chrt --idle 0``: it runs only
+   when nothing else wants a core): what the attack costs the legitimate clients when it is handled
+   exactly as the service handles it, but in a process of its own (the bound for any design that
+   moves the attack's work to another process on this machine), and what is left when that process
+   also yields the CPU to the legitimate one.
 
 Reports legitimate p50/p99 without and with the attack, per hostile kind how long requests took
 to be answered and with which status, and the server's CPU, RSS and threads in each phase; checks
@@ -98,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the floor server of --compare-floor (aio-deep-raw: receives without parsing)")
     p.add_argument("--compare-separate", action="store_true",
                    help="also run with the whole attack sent to a second service process (normal priority, "
-                        "then nice 19)")
+                        "nice 19, SCHED_IDLE)")
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
     p.add_argument("--server-arg", action="append", default=[], help="extra `python -m service` flag")
     p.add_argument("--quick", action="store_true", help="seconds, not minutes: for the test that keeps this alive")
@@ -371,6 +372,7 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
         # what the legitimate clients' server answered of the hostile-only APIs (none, if it received none)
         hostile["legit_server_side"] = server_side_within(server.metrics_url) if server.metrics_url else {}
         hostile["attack_target_nice"] = os.getpriority(os.PRIO_PROCESS, attack_target.pid)
+        hostile["attack_target_sched_idle"] = os.sched_getscheduler(attack_target.pid) == os.SCHED_IDLE
     logger.info("under attack: %s", attacked)
     await asyncio.sleep(args.after_seconds)  # the measurement is "N seconds after the attack"
     after = {**_status(server.pid), "thread_names": _thread_names(server.pid)}
@@ -433,18 +435,26 @@ def load_texts(args: argparse.Namespace, bundle: support.Bundle) -> list[str]:
     return support.make_texts(encoder, source, args.tokens, 16 if args.quick else 64)
 
 
+# --compare-separate: result key -> (report title, the command the attack's server runs under)
+SEPARATE_ARMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "attack_on_second_service": ("a second service process at normal priority", ()),
+    "attack_on_second_service_nice19": ("a second service process under nice 19", ("nice", "-n", "19")),
+    "attack_on_second_service_sched_idle": ("a second service process under SCHED_IDLE", ("chrt", "--idle", "0")),
+}
+
+
 def _start_service(args: argparse.Namespace, bundle: support.Bundle, log_dir: Path,
-                   nice: int = 0) -> support.ServerProcess:
+                   wrapper: tuple[str, ...] = ()) -> support.ServerProcess:
     return support.start_server(bundle.repository, batching=True, threads=args.threads, extra_args=args.server_arg,
-                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, log_dir=log_dir, nice=nice)
+                                env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}, log_dir=log_dir, wrapper=wrapper)
 
 
-def run_separate(args: argparse.Namespace, bundle: support.Bundle, texts: list[str], log_dir: Path, nice: int,
-                 legit_rate: float) -> dict:
-    """The legitimate load on one service process, the whole attack on a second one (``nice``)."""
+def run_separate(args: argparse.Namespace, bundle: support.Bundle, texts: list[str], log_dir: Path,
+                 wrapper: tuple[str, ...], legit_rate: float) -> dict:
+    """The legitimate load on one service process, the whole attack on a second one (run under ``wrapper``)."""
     server = _start_service(args, bundle, log_dir)
     try:
-        sink = _start_service(args, bundle, log_dir, nice=nice)
+        sink = _start_service(args, bundle, log_dir, wrapper=wrapper)
         try:
             return asyncio.run(run(args, server, texts, attack_target=sink, legit_rate=legit_rate))
         finally:
@@ -484,9 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             floor.stop()
     if args.compare_separate:
-        for nice, key in ((0, "attack_on_second_service"), (19, "attack_on_second_service_nice19")):
-            logger.info("the legitimate load on one service process, the attack on a second (nice %d)", nice)
-            result[key] = run_separate(args, bundle, texts, log_dir, nice, result["legit_rate_per_s"])
+        for key, (_, wrapper) in SEPARATE_ARMS.items():
+            logger.info("the legitimate load on one service process, the attack on a second (%s)", " ".join(wrapper))
+            result[key] = run_separate(args, bundle, texts, log_dir, wrapper, result["legit_rate_per_s"])
     result["after_seconds"], result["late_seconds"] = args.after_seconds, args.late_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
     support.write_json(args.output, report)
@@ -496,8 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_report(result["floor"]))
         print("\n## the legitimate load on a gRPC floor server, the attack on a second one (the machine's share)\n")
         print(format_report(result["floor_attack_elsewhere"]))
-    for key, title in (("attack_on_second_service", "a second service process at normal priority"),
-                       ("attack_on_second_service_nice19", "a second service process under nice 19")):
+    for key, (title, _) in SEPARATE_ARMS.items():
         if key in result:
             print(f"\n## the legitimate load on one service process, the whole attack on {title}\n")
             print(format_report(result[key]))

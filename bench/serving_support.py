@@ -212,13 +212,12 @@ def server_command(repository: Path, port: int, metrics_port: int, batching: boo
 
 
 def start_server(repository: Path, *, batching: bool, threads: int, extra_args: list[str],
-                 env: dict[str, str], log_dir: Path, nice: int = 0) -> ServerProcess:
+                 env: dict[str, str], log_dir: Path, wrapper: tuple[str, ...] = ()) -> ServerProcess:
     """Start ``python -m service`` (with exactly ``env``) on free loopback ports; wait until SERVING.
-    ``nice``: start it under ``nice -n`` (every thread it starts inherits the priority)."""
+    ``wrapper``: a command it runs under, e.g. ``("nice", "-n", "19")`` (every thread the server starts
+    inherits that priority)."""
     port, metrics_port = free_port(), free_port()
-    command = server_command(repository, port, metrics_port, batching, threads, extra_args)
-    if nice:
-        command = ["nice", "-n", str(nice), *command]
+    command = [*wrapper, *server_command(repository, port, metrics_port, batching, threads, extra_args)]
     return launch(command, port, f"http://127.0.0.1:{metrics_port}/metrics",
                   log_dir / f"server-{'batching' if batching else 'nobatch'}-{port}.log", env)
 

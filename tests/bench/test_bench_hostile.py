@@ -44,15 +44,16 @@ def test_quick_hostile_benchmark_compares_with_the_grpc_floor(tmp_path: Path) ->
 
 def test_quick_hostile_benchmark_sends_the_attack_to_a_second_service(tmp_path: Path) -> None:
     """``--compare-separate``: the legitimate load on one service process, the whole attack on a
-    second one, at normal priority and under nice 19; the first answers none of the attack."""
+    second one, at normal priority, under nice 19 and under SCHED_IDLE; the first answers none of the attack."""
     run, result = run_quick("bench_hostile.py", tmp_path, "--compare-separate")
-    for key, nice in (("attack_on_second_service", 0), ("attack_on_second_service_nice19", 19)):
+    for key, nice, sched_idle in (("attack_on_second_service", 0, False), ("attack_on_second_service_nice19", 19, False),
+                                  ("attack_on_second_service_sched_idle", 0, True)):
         arm = result[key]
         assert arm["legit_rate_per_s"] == result["legit_rate_per_s"]
         assert arm["attack"]["codes"].get("OK", 0) > 0
-        assert arm["hostile"]["attack_target_nice"] == nice
+        assert (arm["hostile"]["attack_target_nice"], arm["hostile"]["attack_target_sched_idle"]) == (nice, sched_idle)
         # the whole attack, KServe and streams too, reached the second process and none the first
         assert "kserve/1M-empty-elements" in arm["hostile"]["kinds"] and arm["hostile"]["never_read_streams"] == 1
         assert sum(row["answered"] for row in arm["hostile"]["server_side"].values()) > 0, key
         assert sum(row["answered"] for row in arm["hostile"]["legit_server_side"].values()) == 0, key
-    assert "under nice 19" in run.stdout
+    assert "under nice 19" in run.stdout and "under SCHED_IDLE" in run.stdout
