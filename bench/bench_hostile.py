@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare-separate", action="store_true",
                    help="also run with the whole attack sent to a second service process (normal priority, "
                         "nice 19, SCHED_IDLE)")
+    p.add_argument("--attacker-sched-idle", action="store_true",
+                   help="run the attacker's process under SCHED_IDLE (a diagnostic: what the attack costs "
+                        "when its own CPU use yields to everything else)")
     p.add_argument("--threads", type=int, default=1, help="server --intra-op-threads")
     p.add_argument("--server-arg", action="append", default=[], help="extra `python -m service` flag")
     p.add_argument("--quick", action="store_true", help="seconds, not minutes: for the test that keeps this alive")
@@ -294,17 +297,21 @@ async def _hostile_attack(address: str, model: str, clients: int, streams: int, 
 
 
 def _attack_process(address: str, model: str, clients: int, streams: int, seconds: float, message_bytes: int,
-                    kind_prefix: str, out) -> None:
+                    kind_prefix: str, out, sched_idle: bool = False) -> None:
     """The hostile clients in their own process, so building and sending 4 MiB messages does not
     slow the legitimate clients' event loop. Reports the CPU the attacker itself used: on one
-    machine it is taken from the server and the legitimate clients."""
+    machine it is taken from the server and the legitimate clients. ``sched_idle``: the attacker
+    runs under SCHED_IDLE (a diagnostic: how much of the attack's cost is its own CPU)."""
     import resource
 
+    if sched_idle:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # threads started later inherit it
     start, began = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     result = asyncio.run(_hostile_attack(address, model, clients, streams, seconds, message_bytes, kind_prefix))
     end = resource.getrusage(resource.RUSAGE_SELF)
     used = (end.ru_utime + end.ru_stime) - (start.ru_utime + start.ru_stime)
     result["attacker_cpu_cores"] = used / max(time.monotonic() - began, 1e-9)
+    result["attacker_sched_idle"] = os.sched_getscheduler(0) == os.SCHED_IDLE
     out.put(result)
 
 
@@ -360,7 +367,8 @@ async def run(args: argparse.Namespace, server: support.ServerProcess, texts: li
     out = context.Queue()
     attacker = context.Process(target=_attack_process, args=(target.address, args.model, args.hostile_clients,
                                                              args.never_read_streams, args.seconds + 1.0,
-                                                             args.message_bytes, args.kind_prefix, out))
+                                                             args.message_bytes, args.kind_prefix, out,
+                                                             args.attacker_sched_idle))
     attacker.start()
     await asyncio.sleep(1.0)  # let the attack build up before measuring (pacing, not synchronising)
     attacked = await legit_phase(server.address, args.model, texts, args.legit_clients, rate, args.seconds,

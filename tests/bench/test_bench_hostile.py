@@ -52,6 +52,7 @@ def test_quick_hostile_benchmark_sends_the_attack_to_a_second_service(tmp_path: 
         assert arm["legit_rate_per_s"] == result["legit_rate_per_s"]
         assert arm["attack"]["codes"].get("OK", 0) > 0
         assert (arm["hostile"]["attack_target_nice"], arm["hostile"]["attack_target_sched_idle"]) == (nice, sched_idle)
+        assert arm["hostile"]["attacker_sched_idle"] is False  # only with --attacker-sched-idle
         # the whole attack, KServe and streams too, reached the second process and none the first
         assert "kserve/1M-empty-elements" in arm["hostile"]["kinds"] and arm["hostile"]["never_read_streams"] == 1
         assert sum(row["answered"] for row in arm["hostile"]["server_side"].values()) > 0, key
