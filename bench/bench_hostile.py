@@ -502,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             floor.stop()
     if args.compare_separate:
-        for key, (_, wrapper) in SEPARATE_ARMS.items():
-            logger.info("the legitimate load on one service process, the attack on a second (%s)", " ".join(wrapper))
+        for key, (title, wrapper) in SEPARATE_ARMS.items():
+            logger.info("the legitimate load on one service process, the whole attack on %s", title)
             result[key] = run_separate(args, bundle, texts, log_dir, wrapper, result["legit_rate_per_s"])
     result["after_seconds"], result["late_seconds"] = args.after_seconds, args.late_seconds
     report = support.run_report("bench_hostile.py", argv, started, load_start, bundle, args, server, result)
