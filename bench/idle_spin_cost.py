@@ -31,20 +31,10 @@ import grpc  # noqa: E402
 import serving_support as support  # noqa: E402
 from bench_hostile import Sampler, load_texts, paced_closed_loop  # noqa: E402
 from open_loop import CHANNEL_OPTIONS, make_caller  # noqa: E402
+from tests.support.metrics import metric, scrape  # noqa: E402
 
 logger = logging.getLogger("idle_spin_cost")
 SPIN_METRIC = "textclf_event_loop_spin_seconds_total"
-
-
-def spin_seconds(url: str) -> float:
-    """The server's ``textclf_event_loop_spin_seconds_total``."""
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(SPIN_METRIC + " "):
-                return float(line.split()[1])
-    raise LookupError(f"{SPIN_METRIC} is not in {url}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,12 +61,12 @@ async def one_cell(server: support.ServerProcess, texts: list[str], args: argpar
     async with grpc.aio.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
         call = make_caller(channel, "textclf", server.address, args.model, texts)
-        spun_before = spin_seconds(server.metrics_url)
+        spun_before = metric(scrape(server.metrics_url), SPIN_METRIC)
         sampling = asyncio.ensure_future(sampler.run(stop))
         result = await paced_closed_loop(call, args.clients, rate, args.seconds)
         stop.set()
         await sampling
-        spun = spin_seconds(server.metrics_url) - spun_before
+        spun = metric(scrape(server.metrics_url), SPIN_METRIC) - spun_before
     return {**result, "rate": rate, "server_cpu_cores": sampler.summary().get("cpu_cores_mean", float("nan")),
             "spin_cores": spun / args.seconds}
 
@@ -95,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     bundle = support.find_bundle(args.repository, args.model) or support.build_random_bundle(args.model)
-    texts = load_texts(argparse.Namespace(texts_jsonl=args.texts_jsonl, tokens=args.tokens, quick=args.quick), bundle)
+    texts = load_texts(args, bundle)  # reads texts_jsonl, tokens, quick
     log_dir = Path(tempfile.mkdtemp(prefix="bench-idle-spin-"))
     started, load_start = time.time(), os.getloadavg()
     cells: list[dict] = []

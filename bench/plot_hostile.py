@@ -41,11 +41,11 @@ def plot(reports: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [label for label in ARMS.values() if any(label in arm_p99s(r) for r in reports.values())]
+    p99s_by_report = {name: arm_p99s(report) for name, report in reports.items()}
+    labels = [label for label in ARMS.values() if any(label in p99s for p99s in p99s_by_report.values())]
     fig, ax = plt.subplots(figsize=(max(7.0, 1.6 * len(labels)), 4.5))
     width = 0.8 / max(1, len(reports))
-    for i, (name, report) in enumerate(reports.items()):
-        p99s = arm_p99s(report)
+    for i, (name, p99s) in enumerate(p99s_by_report.items()):
         xs = [j + i * width for j, label in enumerate(labels) if label in p99s]
         ratios = [p99s[label][1] / p99s[label][0] for label in labels if label in p99s]
         ax.bar(xs, ratios, width, label=name)

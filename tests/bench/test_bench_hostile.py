@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.support.quick_bench import run_quick
 
+
 def test_quick_hostile_benchmark_runs_every_phase(tmp_path: Path) -> None:
     run, result = run_quick("bench_hostile.py", tmp_path)
     assert result["no_attack"]["codes"].get("OK", 0) > 0 and result["attack"]["codes"].get("OK", 0) > 0
